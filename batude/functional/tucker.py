@@ -1,0 +1,86 @@
+"""Pure Tucker-2 / low-rank operations on weight tensors (no modules, no state).
+
+Layout conventions (METHOD.md section 1): a conv weight ``W`` has shape ``(S, C, kh, kw)``.
+Tucker-2 over the two channel modes gives ``W ~= G x1 U x2 V`` with core ``G (R1, R2, kh, kw)``,
+output factor ``U (S, R1)`` and input factor ``V (C, R2)``. The decomposition is computed with
+tensorly's ``partial_tucker`` on its PyTorch backend, in float64 on the weight's device, and
+returned in the weight's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "unfold",
+    "tucker2_decompose",
+    "tucker2_reconstruct",
+    "lowrank_factors",
+    "singular_values",
+]
+
+
+def unfold(weight: torch.Tensor, mode: int) -> torch.Tensor:
+    """Mode-``mode`` unfolding of a 4-D (or 2-D) weight.
+
+    ``mode=0`` gives ``W(1)`` of shape ``(S, C*kh*kw)``; ``mode=1`` gives ``W(2)`` of shape
+    ``(C, S*kh*kw)``.
+    """
+    if mode not in (0, 1):
+        raise ValueError(f"mode must be 0 (output channels) or 1 (input channels), got {mode}")
+    return torch.movedim(weight, mode, 0).reshape(weight.shape[mode], -1)
+
+
+def singular_values(weight: torch.Tensor, mode: int) -> torch.Tensor:
+    """Descending singular values (float64, same device) of the mode-``mode`` unfolding."""
+    return torch.linalg.svdvals(unfold(weight.detach().to(torch.float64), mode))
+
+
+def tucker2_decompose(
+    weight: torch.Tensor, ranks: tuple[int, int], hooi_iters: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tucker-2 decomposition of a conv weight over its channel modes.
+
+    Args:
+        weight: ``(S, C, kh, kw)``.
+        ranks: ``(R1, R2)`` with ``1 <= R1 <= S`` and ``1 <= R2 <= C``.
+        hooi_iters: HOOI refinement iterations after the SVD (HOSVD) initialisation; 0 keeps the
+            truncated HOSVD, whose error is non-increasing in both ranks.
+
+    Returns:
+        ``(core (R1, R2, kh, kw), U (S, R1), V (C, R2))`` in ``weight``'s dtype and device;
+        ``U`` and ``V`` have orthonormal columns.
+    """
+    import tensorly as tl
+    from tensorly.decomposition import partial_tucker
+
+    s, c = weight.shape[:2]
+    r1, r2 = int(ranks[0]), int(ranks[1])
+    if not (1 <= r1 <= s and 1 <= r2 <= c):
+        raise ValueError(f"ranks {ranks} out of range for a weight with S={s}, C={c}")
+    w64 = weight.detach().to(torch.float64)
+    with tl.backend_context("pytorch"):
+        (core, (u, v)), _ = partial_tucker(
+            w64, rank=[r1, r2], modes=[0, 1], n_iter_max=hooi_iters, init="svd", tol=0
+        )
+    return tuple(t.to(dtype=weight.dtype).contiguous() for t in (core, u, v))  # type: ignore[return-value]
+
+
+def tucker2_reconstruct(core: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Dense weight ``(S, C, kh, kw)`` from ``core (R1, R2, kh, kw)``, ``U (S, R1)``, ``V (C, R2)``."""
+    return torch.einsum("abhw,sa,cb->schw", core, u, v)
+
+
+def lowrank_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated SVD ``matrix (S, C) ~= A (S, R) @ B (R, C)``, singular values split evenly.
+
+    Computed in float64 on ``matrix``'s device, returned in its dtype.
+    """
+    s, c = matrix.shape
+    if not 1 <= rank <= min(s, c):
+        raise ValueError(f"rank {rank} out of range for a {s}x{c} matrix")
+    u, sv, vh = torch.linalg.svd(matrix.detach().to(torch.float64), full_matrices=False)
+    root = sv[:rank].sqrt()
+    a = u[:, :rank] * root
+    b = root[:, None] * vh[:rank]
+    return a.to(matrix.dtype).contiguous(), b.to(matrix.dtype).contiguous()

@@ -1,0 +1,34 @@
+"""batude packaging. The version is single-sourced from batude/_version.py."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version: dict = {}
+exec((here / "batude" / "_version.py").read_text(), version)
+
+setup(
+    name="batude",
+    version=version["__version__"],
+    description="Budget-aware Tucker decomposition (BATUDE) of CNNs, carried to fast deployment",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["batude", "batude.*"]) + ["batude.kernels"],
+    package_dir={"batude.kernels": "kernels"},
+    install_requires=["torch>=2.4", "numpy", "tensorly>=0.8"],
+    extras_require={
+        "vision": ["torchvision"],
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
+        "trt": ["tensorrt"],
+        "gpu": ["triton"],
+        "dev": ["pytest", "torchvision", "matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "batude=batude.cli:main",
+            "batude-export=batude.cli:export_main",
+        ]
+    },
+)
