@@ -9,6 +9,8 @@ returned in the weight's dtype.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "tucker2_reconstruct",
     "lowrank_factors",
     "singular_values",
+    "spectrum",
 ]
 
 
@@ -31,9 +34,21 @@ def unfold(weight: torch.Tensor, mode: int) -> torch.Tensor:
     return torch.movedim(weight, mode, 0).reshape(weight.shape[mode], -1)
 
 
+def spectrum(matrix: torch.Tensor) -> torch.Tensor:
+    """Descending singular values of a 2-D ``matrix`` (float64, same device), via its Gram matrix.
+
+    ``eigvalsh`` of the smaller Gram matrix ``A A^T`` (or ``A^T A``) is one to two orders of
+    magnitude faster than an SVD for the wide unfoldings of conv kernels; it gives every
+    ``sigma_i^2`` to absolute precision ~1e-16 * sigma_1^2, ample for energies and rank estimates.
+    """
+    a = matrix.detach().to(torch.float64)
+    gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
+    return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0).sqrt()
+
+
 def singular_values(weight: torch.Tensor, mode: int) -> torch.Tensor:
     """Descending singular values (float64, same device) of the mode-``mode`` unfolding."""
-    return torch.linalg.svdvals(unfold(weight.detach().to(torch.float64), mode))
+    return spectrum(unfold(weight, mode))
 
 
 def tucker2_decompose(
@@ -59,7 +74,9 @@ def tucker2_decompose(
     if not (1 <= r1 <= s and 1 <= r2 <= c):
         raise ValueError(f"ranks {ranks} out of range for a weight with S={s}, C={c}")
     w64 = weight.detach().to(torch.float64)
-    with tl.backend_context("pytorch"):
+    with tl.backend_context("pytorch"), warnings.catch_warnings():
+        # A rank above the unfolding's own rank is legal (factors are completed); tensorly warns.
+        warnings.filterwarnings("ignore", message="Trying to compute SVD", category=UserWarning)
         (core, (u, v)), _ = partial_tucker(
             w64, rank=[r1, r2], modes=[0, 1], n_iter_max=hooi_iters, init="svd", tol=0
         )

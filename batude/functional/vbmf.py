@@ -38,6 +38,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from batude.functional.tucker import spectrum
+
 __all__ = ["EVBMFResult", "evbmf"]
 
 logger = logging.getLogger(__name__)
@@ -164,7 +166,7 @@ def evbmf(y: torch.Tensor, sigma2: float | None = None, max_rank: int | None = N
     if sigma2 is not None and not (math.isfinite(sigma2) and sigma2 > 0.0):
         raise ValueError(f"sigma2 must be a positive finite number, got {sigma2}")
 
-    sv = torch.linalg.svdvals(y64)
+    sv = spectrum(y64)
     s2 = sv.numpy() ** 2
     alpha = n / m
     tau_bar = _TAU_COEF * math.sqrt(alpha)

@@ -18,7 +18,7 @@ from torch import nn
 
 from batude.functional.cost import LayerKind
 from batude.errors import BatudeError
-from batude.functional.tucker import unfold
+from batude.functional.tucker import spectrum, unfold
 from batude.functional.vbmf import evbmf
 from batude.rank.budget import Budget
 from batude.rank.plan import RankPlan
@@ -110,7 +110,7 @@ def _energy_curves(problem: RankProblem) -> list[list[torch.Tensor]]:
     curves = []
     for cand in problem.candidates:
         per_mode = []
-        for sv in map(torch.linalg.svdvals, _unfoldings(cand)):
+        for sv in map(spectrum, _unfoldings(cand)):
             energy = sv.square().cumsum(0)
             per_mode.append(energy / energy[-1].clamp_min(torch.finfo(torch.float64).tiny))
         curves.append(per_mode)
