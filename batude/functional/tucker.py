@@ -20,6 +20,7 @@ __all__ = [
     "lowrank_factors",
     "singular_values",
     "spectrum",
+    "svt",
 ]
 
 
@@ -101,3 +102,13 @@ def lowrank_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     a = u[:, :rank] * root
     b = root[:, None] * vh[:rank]
     return a.to(matrix.dtype).contiguous(), b.to(matrix.dtype).contiguous()
+
+
+def svt(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int, threshold: float) -> torch.Tensor:
+    """Rank-limited singular value soft-thresholding from an SVD ``M = u diag(s) vh``.
+
+    Returns ``u[:, :R] diag(max(s[:R] - t, 0)) vh[:R]`` (R = ``rank``): the proximal step of
+    ``t * ||Z||_*`` restricted to rank ``R`` (BC-ADL's Z-step).
+    """
+    kept = (s[:rank] - threshold).clamp_min(0.0)
+    return (u[:, :rank] * kept) @ vh[:rank]

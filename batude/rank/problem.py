@@ -126,10 +126,15 @@ class RankProblem:
         """Cost of a layer as the model has it now (dense, or already factorised)."""
         return self._cost(layer.kind, layer.geometry, layer.ranks)
 
+    def chain_cost(self, i: int, ranks: Ranks) -> int:
+        """Cost of candidate ``i`` factorised at ``ranks`` (even where dense would be cheaper)."""
+        layer = self.candidates[i].layer
+        return self._cost(layer.kind, layer.geometry, ranks)
+
     def layer_cost(self, i: int, ranks: Ranks) -> int:
         """Effective cost of candidate ``i`` at ``ranks``: min(chain, dense)."""
         layer = self.candidates[i].layer
-        return min(self._cost(layer.kind, layer.geometry, ranks), self._cost(layer.kind, layer.geometry, None))
+        return min(self.chain_cost(i, ranks), self._cost(layer.kind, layer.geometry, None))
 
     def total(self, ranks: Sequence[Ranks]) -> int:
         """Whole-model cost (fixed layers + effective cost of every candidate)."""

@@ -21,6 +21,7 @@ from batude.errors import BatudeError
 from batude.functional.tucker import spectrum, unfold
 from batude.functional.vbmf import evbmf
 from batude.rank.budget import Budget
+from batude.rank.greedy import StepScore, fill_to_budget
 from batude.rank.plan import RankPlan
 from batude.rank.problem import Candidate, RankProblem, SelectorConfig
 
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 Ranks = tuple[int, ...]
 Family = Callable[[float], list[Ranks]]
-Score = Callable[[int, int, int, int], float]  # (candidate, mode, current, next) -> priority
 
 
 class Method(str, enum.Enum):
@@ -60,36 +60,10 @@ def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limit: f
     return lo, family(lo)
 
 
-def _fill(problem: RankProblem, ranks: list[Ranks], limit: float, score: Score) -> list[Ranks]:
-    """Raise ranks one grid step at a time, best score first, while the budget allows."""
-    ranks = [tuple(r) for r in ranks]
-    total = problem.total(ranks)
-    blocked: set[tuple[int, int]] = set()
-    while True:
-        best = None
-        for i, cand in enumerate(problem.candidates):
-            for mode in range(len(ranks[i])):
-                nxt = cand.next_rank(mode, ranks[i][mode])
-                if nxt is None or (i, mode) in blocked:
-                    continue
-                key = (score(i, mode, ranks[i][mode], nxt), -i, -mode)
-                if best is None or key > best[0]:
-                    best = (key, i, mode, nxt)
-        if best is None:
-            return ranks
-        _, i, mode, nxt = best
-        trial = ranks[i][:mode] + (nxt,) + ranks[i][mode + 1:]
-        new_total = total - problem.layer_cost(i, ranks[i]) + problem.layer_cost(i, trial)
-        if new_total <= limit:
-            ranks[i], total = trial, new_total
-        else:  # costs only grow as other ranks grow: this step never fits again
-            blocked.add((i, mode))
-
-
-def _select(problem: RankProblem, budget: Budget, family: Family, hi: float, score: Score) -> tuple[float, list[Ranks]]:
+def _select(problem: RankProblem, budget: Budget, family: Family, hi: float, score: StepScore) -> tuple[float, list[Ranks]]:
     limit = problem.check_feasible(budget)
     param, ranks = _bisect(problem, family, 0.0, hi, limit)
-    return param, _fill(problem, ranks, limit, score)
+    return param, fill_to_budget(problem, ranks, limit, score)
 
 
 def uniform_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Ranks]]:

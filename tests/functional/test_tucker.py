@@ -4,6 +4,7 @@ import torch
 from batude.functional.tucker import (
     lowrank_factors,
     singular_values,
+    svt,
     tucker2_decompose,
     tucker2_reconstruct,
     unfold,
@@ -88,3 +89,18 @@ def test_singular_values_descending_float64():
     sv = singular_values(_weight(), 1)
     assert sv.dtype == torch.float64 and sv.shape == (10,)
     assert torch.all(sv[:-1] >= sv[1:])
+
+
+def test_svt_on_known_matrix():
+    # M = Q1 diag(5, 3, 1) Q2^T with orthonormal Q1, Q2: thresholding at t=2, rank 3 keeps (3, 1, 0)
+    g = torch.Generator().manual_seed(5)
+    q1, _ = torch.linalg.qr(torch.randn(6, 3, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(4, 3, generator=g, dtype=torch.float64))
+    m = q1 @ torch.diag(torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64)) @ q2.T
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    expected = q1 @ torch.diag(torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64)) @ q2.T
+    assert torch.allclose(svt(u, s, vh, 3, 2.0), expected, atol=1e-12)
+    # rank 1 keeps only the top triplet, shrunk: (5 - 2) q1[:,0] q2[:,0]^T
+    assert torch.allclose(svt(u, s, vh, 1, 2.0), 3.0 * torch.outer(q1[:, 0], q2[:, 0]), atol=1e-12)
+    # t = 0 and full rank reproduce M
+    assert torch.allclose(svt(u, s, vh, 3, 0.0), m, atol=1e-12)
