@@ -10,7 +10,16 @@ from typing import Iterator
 
 from batude.errors import BatudeError
 
-__all__ = ["atomic_path", "write_text_atomic"]
+__all__ = ["atomic_path", "check_parent", "write_text_atomic"]
+
+
+def check_parent(path: str | os.PathLike) -> Path:
+    """The folder ``path`` will be written into; raises when it does not exist."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise BatudeError(f"cannot write {target}: folder {folder} does not exist; create it first")
+    return folder
 
 
 @contextlib.contextmanager
@@ -20,9 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     If the body raises, the temporary file is removed and ``path`` is left as it was.
     """
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise BatudeError(f"cannot write {target}: folder {folder} does not exist; create it first")
+    folder = check_parent(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as err:

@@ -94,14 +94,16 @@ def save(
 def _read(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise BatudeError(f"{path} is not a readable checkpoint (bad pickle data); it may be truncated or corrupt") from None
         if not trust_pickle:
             raise BatudeError(
                 f"{path} contains pickled Python objects (e.g. a whole model saved with "
                 "torch.save(model)); loading it could run arbitrary code. If you trust the file, "
                 "pass trust_pickle=True (CLI: --trust-pickle), or re-save it with batude.save"
             ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - torch's readers raise many types for corrupt files
         raise BatudeError(f"{path} is not a readable checkpoint ({type(err).__name__}); it may be truncated or corrupt") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -161,13 +163,19 @@ def _build(arch: ArchRef | None, plan: RankPlan | None, state_dict: dict, truste
     if plan is not None:
         apply_plan_(model, plan, init="empty")
     _check_finite(state_dict, path)
-    result = model.load_state_dict(state_dict, strict=False)
-    problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state_dict]
+    problems += [f"unexpected {k}" for k in state_dict if k not in own]
+    problems += [
+        f"{k} has shape {list(v.shape)}, expected {list(own[k].shape)}"
+        for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     if problems:
         raise BatudeError(
             f"{path} does not fit architecture {arch.ref} ({', '.join(problems[:3])}"
             f"{', ...' if len(problems) > 3 else ''}); pass the right --arch or plan"
         )
+    model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
 
@@ -203,6 +211,8 @@ def load_checkpoint(
         raise BatudeError(f"{p} has checkpoint format version {obj.get('version')!r}; this batude reads version {VERSION}")
     plan = None if obj.get("plan") is None else RankPlan.from_dict(obj["plan"])
     file_arch = None if obj.get("arch") is None else ArchRef.from_dict(obj["arch"])
+    if ref is not None and file_arch is not None and ref.ref == file_arch.ref and not ref.kwargs:
+        ref = file_arch  # the caller vouches for the file's factory; keep its recorded arguments
     use = ref or file_arch
     model = _build(use, plan, obj.get("state_dict") or {}, trusted=ref is not None, path=p)
     return Checkpoint(model, plan, use, dict(obj.get("metadata") or {}))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from batude._format import si
-from batude._io import write_text_atomic
+from batude._io import check_parent, write_text_atomic
 from batude._version import __version__
 from batude.checkpoint import Checkpoint, load_model, save
 from batude.errors import BatudeError
@@ -26,6 +26,13 @@ from batude.rank.problem import SelectorConfig
 from batude.rank.selectors import Method, select_ranks
 
 __all__ = ["main", "export_main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``prog: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -130,6 +137,7 @@ def _summary(plan: RankPlan) -> str:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    check_parent(args.out)  # fail before long work
     ckpt, shape = _load(args)
     plan = _make_plan(ckpt, shape, args)
     plan.save(args.out)
@@ -143,6 +151,7 @@ def _progress(i: int, n: int, name: str) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
+    check_parent(args.out)  # fail before long work
     ckpt, _ = _load(args)
     plan = RankPlan.load(args.plan)
     apply_plan_(ckpt.model, plan, hooi_iters=args.hooi_iters, progress=_progress)
@@ -171,7 +180,7 @@ def _selector_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batude", description="Budget-aware Tucker decomposition of CNNs (BATUDE).")
+    parser = _Parser(prog="batude", description="Budget-aware Tucker decomposition of CNNs (BATUDE).")
     parser.add_argument("--version", action="version", version=f"batude {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -204,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help/--version (0) or a usage error (2, already printed)
+        return int(done.code or 0)
     try:
         return args.func(args)
     except BatudeError as err:
@@ -221,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="batude-export", description="Lower a (compressed) model to ONNX and TensorRT engines.")
+    p = _Parser(prog="batude-export", description="Lower a (compressed) model to ONNX and TensorRT engines.")
     p.add_argument("model", metavar="MODEL", help="batude checkpoint, .pt2 program, or torchvision:NAME")
     p.add_argument("--plan", help="rank plan to apply to MODEL before export")
     p.add_argument("--out", default="export_out", help="output folder")
