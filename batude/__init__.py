@@ -1,7 +1,8 @@
 """batude: budget-aware Tucker decomposition (BATUDE) of CNNs, carried to fast deployment.
 
-Layers (one-way dependencies): ``functional`` (pure Tucker ops, cost formulas) -> ``nn`` (layers,
-model profiling) -> ``rank`` (budgets, plans, selectors) -> ``checkpoint`` -> ``export`` -> ``cli``.
+Layers (one-way dependencies): ``functional`` (pure Tucker ops, cost formulas) -> ``nn`` / ``models``
+/ ``data`` -> ``rank`` (budgets, plans, selectors, BC-ADL) -> ``checkpoint`` / ``train`` ->
+``export`` -> ``cli``.
 ``import batude`` needs only torch, numpy and (lazily) tensorly; it never touches CUDA.
 """
 
@@ -12,10 +13,19 @@ from batude.functional.cost import ConvGeometry, LayerKind
 from batude.models.registry import ArchRef
 from batude.nn import LowRankConv1x1, LowRankLinear, TuckerConv2d, profile_model
 from batude.rank import Budget, LayerFilter, Method, RankPlan, SelectorConfig, apply_plan_, select_ranks
+from batude.rank.bcadl import BCADL, BCADLConfig
+from batude.train import CompressConfig, CompressMethod, TrainConfig, compress, train_model
 
 __all__ = [
     "__version__",
     "ArchRef",
+    "BCADL",
+    "BCADLConfig",
+    "CompressConfig",
+    "CompressMethod",
+    "TrainConfig",
+    "compress",
+    "train_model",
     "BatudeError",
     "Budget",
     "Checkpoint",

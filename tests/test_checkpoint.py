@@ -6,6 +6,7 @@ CIFAR ResNet-20s with one input channel at 28x28 (a few milliseconds per forward
 
 from __future__ import annotations
 
+import os
 import pathlib
 import random
 import sys
@@ -21,15 +22,6 @@ from batude.cli import main
 ARCH = "batude:resnet20"
 KWARGS = {"in_channels": 1}
 SHAPE = (1, 1, 28, 28)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tucker/SVD kernels with 2 OpenMP threads slow down ~20x when other processes share the 2 cores.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def _dense(seed: int = 0) -> nn.Module:
@@ -502,3 +494,14 @@ def test_load_model_missing_path_without_colon():
     with pytest.raises(BatudeError, match="not found"):
         load_model("definitely_missing_checkpoint.pt")
 
+
+
+def test_saving_onto_a_folder_is_a_clear_error_and_files_get_normal_permissions(tmp_path):
+    model = _dense()
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(BatudeError, match="is a folder"):
+        save(tmp_path / "folder.pt", model, arch=ARCH, arch_kwargs=KWARGS)
+    save(tmp_path / "ok.pt", model, arch=ARCH, arch_kwargs=KWARGS)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "ok.pt").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -154,9 +154,15 @@ class LayerKind(str, enum.Enum):
 
 
 def max_ranks(kind: LayerKind, g: ConvGeometry) -> tuple[int, ...]:
-    """Full ranks: ``(S, C)`` for Tucker-2, ``(min(C, S),)`` for a low-rank pair."""
+    """Full ranks: the ranks of the unfoldings' shapes.
+
+    Tucker-2: ``(min(S, C*kh*kw), min(C, S*kh*kw))`` (usually ``(S, C)``; the cap matters for thin
+    kernels such as 1x3 with few input channels, where the decomposition is already exact there).
+    Low-rank pair: ``(min(C, S),)``.
+    """
     if kind is LayerKind.TUCKER2:
-        return (g.out_channels, g.in_channels)
+        k = g.kernel_area
+        return (min(g.out_channels, g.in_channels * k), min(g.in_channels, g.out_channels * k))
     return (min(g.in_channels, g.out_channels),)
 
 

@@ -100,8 +100,10 @@ class ArchRef:
 def _call(factory: Any, ref: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         model = factory(**kwargs)
-    except TypeError as err:
-        raise BatudeError(f"model factory '{ref}' rejected its arguments {kwargs} ({err})") from None
+    except BatudeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of a model factory is reported, not a crash
+        raise BatudeError(f"model factory '{ref}' failed with arguments {kwargs} ({type(err).__name__}: {err})") from None
     if not isinstance(model, nn.Module):
         raise BatudeError(f"model factory '{ref}' returned a {type(model).__name__}, not an nn.Module")
     return model

@@ -36,6 +36,14 @@ def check_decomposable_conv(conv: nn.Module, name: str | None, *, pointwise: boo
         raise BatudeError(f"{label} has kernel {tuple(conv.kernel_size)}; LowRankConv1x1 needs 1x1, use TuckerConv2d")
 
 
+def construct(cls: type, name: str | None, source: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)``, with the layer named in any :class:`BatudeError` it raises."""
+    try:
+        return cls(*args, **kwargs)
+    except BatudeError as err:
+        raise BatudeError(f"{label(name, source)}: {err}") from None
+
+
 def label(name: str | None, module: nn.Module) -> str:
     """How error messages name a layer."""
     return f"layer '{name}'" if name else f"layer {module!r}"

@@ -12,7 +12,7 @@ from torch import nn
 
 from batude.errors import BatudeError
 from batude.functional.tucker import lowrank_factors
-from batude.nn._conv_attrs import check_decomposable_conv, conv_kwargs, label
+from batude.nn._conv_attrs import check_decomposable_conv, construct, conv_kwargs, label
 
 __all__ = ["LowRankConv1x1", "LowRankLinear"]
 
@@ -87,13 +87,10 @@ class LowRankConv1x1(_LowRankPair):
     def like(cls, conv: nn.Conv2d, rank: int, name: str | None = None) -> "LowRankConv1x1":
         """An untrained layer with ``conv``'s geometry at ``rank``."""
         check_decomposable_conv(conv, name, pointwise=True)
-        try:
-            return cls(
-                conv.in_channels, conv.out_channels, rank, bias=conv.bias is not None,
-                device=conv.weight.device, dtype=conv.weight.dtype, **conv_kwargs(conv),
-            )
-        except BatudeError as err:
-            raise BatudeError(f"{label(name, conv)}: {err}") from None
+        return construct(
+            cls, name, conv, conv.in_channels, conv.out_channels, rank, bias=conv.bias is not None,
+            device=conv.weight.device, dtype=conv.weight.dtype, **conv_kwargs(conv),
+        )
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int, name: str | None = None) -> "LowRankConv1x1":
@@ -143,13 +140,10 @@ class LowRankLinear(_LowRankPair):
         """An untrained layer with ``linear``'s shape at ``rank``."""
         if not isinstance(linear, nn.Linear):
             raise BatudeError(f"{label(name, linear)} is a {type(linear).__name__}, not an nn.Linear")
-        try:
-            return cls(
-                linear.in_features, linear.out_features, rank, bias=linear.bias is not None,
-                device=linear.weight.device, dtype=linear.weight.dtype,
-            )
-        except BatudeError as err:
-            raise BatudeError(f"{label(name, linear)}: {err}") from None
+        return construct(
+            cls, name, linear, linear.in_features, linear.out_features, rank, bias=linear.bias is not None,
+            device=linear.weight.device, dtype=linear.weight.dtype,
+        )
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, name: str | None = None) -> "LowRankLinear":

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from batude.functional.tucker import tucker2_decompose, tucker2_reconstruct
-from batude.nn._conv_attrs import check_decomposable_conv, conv_kwargs, label
+from batude.nn._conv_attrs import check_decomposable_conv, construct, conv_kwargs
 from batude.errors import BatudeError
 
 __all__ = ["TuckerConv2d"]
@@ -100,14 +100,10 @@ class TuckerConv2d(nn.Module):
     def like(cls, conv: nn.Conv2d, ranks: tuple[int, int], name: str | None = None) -> "TuckerConv2d":
         """An untrained layer with ``conv``'s geometry at ``ranks`` (weights to be loaded later)."""
         check_decomposable_conv(conv, name, pointwise=False)
-        try:
-            return cls(
-                conv.in_channels, conv.out_channels, tuple(conv.kernel_size), ranks,
-                bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
-                **conv_kwargs(conv),
-            )
-        except BatudeError as err:
-            raise BatudeError(f"{label(name, conv)}: {err}") from None
+        return construct(
+            cls, name, conv, conv.in_channels, conv.out_channels, tuple(conv.kernel_size), ranks,
+            bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype, **conv_kwargs(conv),
+        )
 
     def dense_weight(self) -> torch.Tensor:
         """The equivalent dense kernel ``(S, C, kh, kw)``."""

@@ -32,7 +32,7 @@ from batude.functional.cost import LayerKind
 from batude.functional.tucker import svt
 from batude.rank.budget import Budget
 from batude.rank.filter import LayerFilter
-from batude.rank.greedy import Score, budgeted_ranks, fill_to_budget, kept_gain
+from batude.rank.greedy import Score, budgeted_ranks, fill_to_budget, step_value
 from batude.rank.plan import RankPlan
 from batude.rank.problem import RankProblem, SelectorConfig
 
@@ -61,10 +61,13 @@ class BCADLConfig:
     min_rank: int = 1
     multiple_of: int = 1
     layer_filter: LayerFilter | None = None
-    score: Score = Score.GAIN_PER_COST
+    score: Score = Score.JOINT_PER_COST
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "score", Score(self.score))
+        try:
+            object.__setattr__(self, "score", Score(self.score))
+        except ValueError:
+            raise BatudeError(f"BC-ADL config: unknown score '{self.score}'; choose from {[s.value for s in Score]}") from None
         object.__setattr__(self, "alpha", tuple(float(a) for a in self.alpha))
         checks = [
             (self.rho0 > 0, f"rho0 must be > 0, got {self.rho0}"),
@@ -166,6 +169,7 @@ class BCADL:
                 per.append((p, s, qh))
             factors.append(per)
         thresholds = self.thresholds()
+        self.last_thresholds = thresholds  # the spectra below were thresholded at these
         spectra = [[sp.sigma for sp in splits] for splits in self.splits]
         self.ranks = budgeted_ranks(self.problem, spectra, thresholds, self.limit, self.config.score)
         for splits, per, ranks, thr in zip(self.splits, factors, self.ranks, thresholds):
@@ -197,14 +201,20 @@ class BCADL:
         return self.problem.fixed + sum(self.problem.chain_cost(i, r) for i, r in enumerate(self.ranks))
 
     def plan(self, method: str = "batude") -> RankPlan:
-        """The learned plan: the last Z-step's ranks, then slack filled by largest kept gain."""
-        thresholds = self.thresholds()
+        """The learned plan: the last Z-step's ranks, then slack filled by the best value per cost."""
+        thresholds = self.last_thresholds
 
-        def gain(i: int, mode: int, cur: int, nxt: int) -> float:
-            sp = self.splits[i][mode]
-            return kept_gain(sp.sigma, thresholds[i][mode], cur, nxt) + 1e-12 * float(sp.sigma[cur:nxt].sum())
+        def gain_per_cost(i: int, mode: int, cur: int, nxt: int, ranks: tuple[int, ...]) -> float:
+            spectra = [sp.sigma for sp in self.splits[i]]
+            tie = 1e-12 * float(spectra[mode][cur:nxt].sum())  # zero-gain steps: larger sigma first
+            value = step_value(spectra, thresholds[i], ranks, mode, cur, nxt, self.config.score) + tie
+            trial = ranks[:mode] + (nxt,) + ranks[mode + 1:]
+            added = self.problem.layer_cost(i, trial) - self.problem.layer_cost(i, ranks)
+            if not self.config.score.per_cost:
+                return value
+            return value / added if added > 0 else float("inf")
 
-        ranks = fill_to_budget(self.problem, self.ranks, self.limit, gain)
+        ranks = fill_to_budget(self.problem, self.ranks, self.limit, gain_per_cost)
         options = {"bcadl": self.config.to_dict(), "steps": self.steps, "updates": self.updates, "final_rho": self.rho}
         return self.problem.to_plan(ranks, method, self.budget, options)
 
@@ -216,11 +226,14 @@ class BCADL:
             "z": [[sp.z.cpu() for sp in s] for s in self.splits],
             "u": [[sp.u.cpu() for sp in s] for s in self.splits],
             "sigma": [[sp.sigma for sp in s] for s in self.splits],
+            "thresholds": self.last_thresholds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["z"]) != len(self.splits):
+        shapes = [[tuple(z.shape) for z in zs] for zs in state["z"]]
+        if shapes != [[tuple(sp.z.shape) for sp in splits] for splits in self.splits]:
             raise BatudeError("BC-ADL state does not match this model's eligible layers; resume with the same model and filter")
+        self.last_thresholds = [list(map(float, t)) for t in state["thresholds"]]
         self.rho, self.steps, self.updates = float(state["rho"]), int(state["steps"]), int(state["updates"])
         self.history = list(state["history"])
         self.ranks = [tuple(r) for r in state["ranks"]]

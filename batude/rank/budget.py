@@ -93,6 +93,8 @@ class Budget:
         if metric is Metric.PARAMS and what.startswith(("mac", "flop")):
             raise BatudeError(f"budget '{text}' mixes a params: prefix with a {what.upper()} unit; {_HELP}")
         if what.startswith("param"):
+            if sep and metric is Metric.MACS:
+                raise BatudeError(f"budget '{text}' mixes a {prefix}: prefix with a params unit; {_HELP}")
             metric = Metric.PARAMS
         if metric is Metric.MACS and not what:
             raise BatudeError(f"budget '{text}': say MAC or FLOP after the number (e.g. 1.2GMAC); {_HELP}")

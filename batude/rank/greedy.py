@@ -11,6 +11,14 @@ The Z-step of BC-ADL soft-thresholds the singular values ``s`` of every unfoldin
    cost). The cost saved uses the layer's other rank at its current value, so a change to one
    mode re-scores the other. A heap with per-layer versions keeps it ``O(steps * log)``.
 
+``score="joint_per_cost"`` (design, this project's) values a kxk layer's two unfoldings jointly:
+the energy a Tucker-2 layer keeps is modelled as ``G * f1(R1) * f2(R2)``, with ``f_n`` the kept
+fraction of unfolding ``n``'s gain and ``G`` its mean total, instead of the separable
+``g1(R1) + g2(R2)``. Both unfoldings hold the same tensor, so keeping all of one mode while the
+other is cut to rank 1 keeps almost nothing; the separable sum cannot see that and, with the
+bilinear core cost, drifts to such corners (observed on ResNet-20: ranks like (11, 1)). For 1x1
+convs and Linears (one unfolding) the two scores coincide.
+
 Costs here are chain costs (the factorised layer's MACs or params at these ranks). Ties break by
 layer order then mode, so the rule is deterministic. The result meets the budget or raises.
 """
@@ -26,15 +34,52 @@ import torch
 from batude.errors import BatudeError
 from batude.rank.problem import RankProblem
 
-__all__ = ["Score", "kept_gain", "budgeted_ranks", "fill_to_budget"]
+__all__ = ["Score", "kept_gain", "step_value", "budgeted_ranks", "fill_to_budget"]
 
 Ranks = tuple[int, ...]
-StepScore = Callable[[int, int, int, int], float]  # (candidate, mode, current, next) -> priority
+StepScore = Callable[[int, int, int, int, Ranks], float]  # (candidate, mode, current, next, its ranks) -> priority
 
 
 class Score(str, enum.Enum):
-    GAIN_PER_COST = "gain_per_cost"
-    GAIN = "gain"
+    """What the greedy rule removes first: the smallest value lost (per unit of cost saved)."""
+
+    GAIN_PER_COST = "gain_per_cost"  # (s_i - t)^2, per unit of cost saved: METHOD.md's rule
+    GAIN = "gain"  # (s_i - t)^2, cost ignored
+    ENERGY_PER_COST = "energy_per_cost"  # gain / the unfolding's energy sum(s^2), per unit of cost
+    ENERGY = "energy"  # gain / the unfolding's energy, cost ignored
+    JOINT_PER_COST = "joint_per_cost"  # normalised gain x the other mode's kept fraction, per cost
+
+    @property
+    def per_cost(self) -> bool:
+        return self.value.endswith("_per_cost")
+
+    @property
+    def normalised(self) -> bool:
+        return self.value.startswith(("energy", "joint"))
+
+    @property
+    def joint(self) -> bool:
+        return self.value.startswith("joint")
+
+
+def step_value(spectra, thresholds, ranks: Ranks, mode: int, lo: int, hi: int, score: Score) -> float:
+    """Value of triplets ``lo..hi-1`` of unfolding ``mode`` of one layer at ``ranks`` (before cost).
+
+    Raw: their gain ``sum max(s_i - t, 0)^2``. Normalised: divided by the unfolding's energy
+    ``sum s_i^2`` (a conv followed by BatchNorm has an arbitrary weight scale, so raw gains do not
+    compare across layers). Joint: also times the other unfolding's kept fraction.
+    """
+    value = kept_gain(spectra[mode], thresholds[mode], lo, hi)
+    if score.normalised:
+        value /= _energy(spectra[mode])
+    if score.joint and len(ranks) == 2:
+        other = 1 - mode
+        value *= kept_gain(spectra[other], thresholds[other], 0, ranks[other]) / _energy(spectra[other])
+    return value
+
+
+def _energy(sigma: torch.Tensor) -> float:
+    return max(float(sigma.square().sum()), 1e-300)
 
 
 def kept_gain(sigma: torch.Tensor, threshold: float, start: int, stop: int) -> float:
@@ -77,8 +122,8 @@ def budgeted_ranks(
                 continue
             trial = ranks[i][:mode] + (lower[-1],) + ranks[i][mode + 1:]
             saved = problem.chain_cost(i, ranks[i]) - problem.chain_cost(i, trial)
-            gain = kept_gain(spectra[i][mode], thresholds[i][mode], lower[-1], current)
-            key = gain / saved if score is Score.GAIN_PER_COST else gain
+            value = step_value(spectra[i], thresholds[i], ranks[i], mode, lower[-1], current, score)
+            key = value / saved if score.per_cost else value
             heapq.heappush(heap, (key, i, mode, version[i]))
 
     for i in range(len(ranks)):
@@ -103,7 +148,8 @@ def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks], limit: float, s
     """Raise ranks one grid step at a time, best ``score`` first, while the budget allows.
 
     Uses effective costs (min(chain, dense)), so it spends slack that rounding or layers kept
-    dense left. ``score(layer, mode, current, next)``: higher goes first; ties by layer order.
+    dense left. ``score(layer, mode, current, next, layer_ranks)``: higher goes first; ties by
+    layer order.
     """
     ranks = [tuple(r) for r in ranks]
     total = problem.total(ranks)
@@ -115,7 +161,7 @@ def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks], limit: float, s
                 nxt = cand.next_rank(mode, ranks[i][mode])
                 if nxt is None or (i, mode) in blocked:
                     continue
-                key = (score(i, mode, ranks[i][mode], nxt), -i, -mode)
+                key = (score(i, mode, ranks[i][mode], nxt, ranks[i]), -i, -mode)
                 if best is None or key > best[0]:
                     best = (key, i, mode, nxt)
         if best is None:

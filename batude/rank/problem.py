@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -52,6 +53,12 @@ def rank_grid(full: int, min_rank: int, multiple_of: int) -> tuple[int, ...]:
     """Allowed ranks, ascending: multiples of ``multiple_of`` in ``[min_rank, full)``, then ``full``."""
     values = [r for r in range(multiple_of, full, multiple_of) if r >= min_rank]
     return tuple(values + [full])
+
+
+def _never_cheaper(layer: LayerProfile, grids: tuple[tuple[int, ...], ...], metric: Metric) -> bool:
+    cost = layer_macs if metric is Metric.MACS else layer_params
+    smallest = tuple(grid[0] for grid in grids)
+    return cost(layer.kind, layer.geometry, smallest) >= cost(layer.kind, layer.geometry, None)
 
 
 @dataclass(frozen=True)
@@ -107,16 +114,23 @@ class RankProblem:
         config = config or SelectorConfig()
         profile = profile_model(model, input_shape)
         modules = dict(model.named_modules())
+        calls = Counter(layer.name for layer in profile.layers)
         candidates, skipped, seen = [], {}, set()
         for layer in profile.layers:
             if layer.name in seen:
-                raise BatudeError(f"layer '{layer.name}' runs more than once per forward (weight sharing); exclude it with the layer filter")
+                continue
             seen.add(layer.name)
             reason = config.layer_filter.reason_excluded(layer)
+            if reason is None and calls[layer.name] > 1:
+                reason = f"runs {calls[layer.name]} times per forward (shared weights)"
+            grids = ()
+            if reason is None:
+                grids = tuple(rank_grid(full, config.min_rank, config.multiple_of) for full in max_ranks(layer.kind, layer.geometry))
+                if _never_cheaper(layer, grids, metric):
+                    reason = "factorised at the smallest allowed ranks it would cost as much as dense"
             if reason is not None:
                 skipped[layer.name] = reason
                 continue
-            grids = tuple(rank_grid(full, config.min_rank, config.multiple_of) for full in max_ranks(layer.kind, layer.geometry))
             candidates.append(Candidate(layer, modules[layer.name], grids))
         if not candidates:
             raise BatudeError("no layer is eligible for factorisation; check the layer filter (include/exclude patterns, kinds, min_in_channels)")

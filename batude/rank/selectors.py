@@ -73,7 +73,7 @@ def uniform_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Rank
     def family(r: float) -> list[Ranks]:
         return [tuple(c.snap(m, r * f) for m, f in enumerate(full)) for c, full in zip(problem.candidates, fulls)]
 
-    def score(i: int, mode: int, cur: int, nxt: int) -> float:
+    def score(i: int, mode: int, cur: int, nxt: int, _: Ranks) -> float:
         return -cur / fulls[i][mode]  # lowest ratio first keeps the ratios uniform
 
     r, ranks = _select(problem, budget, family, 1.0, score)
@@ -108,7 +108,7 @@ def energy_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Ranks
             ))
         return out
 
-    def score(i: int, mode: int, cur: int, nxt: int) -> float:
+    def score(i: int, mode: int, cur: int, nxt: int, _: Ranks) -> float:
         curve = curves[i][mode]
         return float(curve[nxt - 1] - curve[cur - 1])  # energy the step adds
 
@@ -125,7 +125,7 @@ def vbmf_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Ranks]]
     def family(s: float) -> list[Ranks]:
         return [tuple(c.snap(m, s * est) for m, est in enumerate(e)) for c, e in zip(problem.candidates, estimates)]
 
-    def score(i: int, mode: int, cur: int, nxt: int) -> float:
+    def score(i: int, mode: int, cur: int, nxt: int, _: Ranks) -> float:
         return -cur / estimates[i][mode]
 
     hi = max(g[-1] / est for c, e in zip(problem.candidates, estimates) for g, est in zip(c.grids, e))

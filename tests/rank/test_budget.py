@@ -16,6 +16,8 @@ PARSED = [
     ("params:3x", Metric.PARAMS, BudgetKind.RATIO, 3.0),
     ("params:40%", Metric.PARAMS, BudgetKind.FRACTION, 0.40),
     ("params:1.5M", Metric.PARAMS, BudgetKind.ABSOLUTE, 1.5e6),
+    ("params:2Mparams", Metric.PARAMS, BudgetKind.ABSOLUTE, 2e6),
+    ("3Mparams", Metric.PARAMS, BudgetKind.ABSOLUTE, 3e6),
     ("PARAMS:2X", Metric.PARAMS, BudgetKind.RATIO, 2.0),
 ]
 
@@ -41,6 +43,7 @@ def test_parse(text, metric, kind, value):
         ("-2x", "does not parse"),
         ("1.2G", "MAC or FLOP"),
         ("params:1GMAC", "mixes"),
+        ("macs:1.5Mparams", "mixes"),
         ("speed:2x", "unknown metric"),
         ("", "does not parse"),
     ],

@@ -142,3 +142,33 @@ def test_config_validation():
         SelectorConfig(multiple_of=0)
     with pytest.raises(BatudeError, match="min_rank"):
         SelectorConfig(min_rank=0)
+
+
+def test_thin_kernels_rank_cap_energy_selector():
+    # W(1) of a 16->256 1x3 conv has rank <= 16*3 = 48 < S: ranks are capped there
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 256, (1, 3), padding=(0, 1)))
+    plan = select_ranks(model, "1.05x", "energy", input_shape=(1, 16, 8, 8))
+    assert plan.layer("0").ranks is None or plan.layer("0").ranks[0] <= 48
+
+
+def test_shared_layer_is_skipped_with_a_reason():
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(32, 32, 3, padding=1)
+            self.b = torch.nn.Conv2d(32, 32, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(self.b(self.a(x)))
+
+    model = Shared()
+    plan = select_ranks(model, "1.2x", "uniform", input_shape=(1, 32, 8, 8))
+    assert "shared weights" in plan.skipped["b"] and plan.layer("a").ranks is not None
+    assert plan.dense_macs == flop_counter_macs(model, (1, 32, 8, 8))  # both calls of b counted
+
+
+def test_layers_never_cheaper_than_dense_are_not_candidates():
+    # 16-channel layers with ranks on a grid of 32 can only be full rank: never cheaper than dense
+    problem = RankProblem.from_model(resnet20(in_channels=1), (1, 1, 28, 28), config=SelectorConfig(multiple_of=32))
+    assert all(not c.name.startswith("layer1.") for c in problem.candidates)
+    assert "cost as much as dense" in problem.skipped["layer1.0.conv1"]

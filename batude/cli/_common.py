@@ -1,0 +1,97 @@
+"""Shared CLI plumbing: one-line errors, argument types, model loading, the progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Sequence
+
+from batude.checkpoint import Checkpoint, load_model
+from batude.errors import BatudeError
+from batude.rank.budget import Budget
+
+__all__ = ["Parser", "shape_arg", "budget_arg", "add_model_args", "load_from_args", "ProgressBar", "run"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``prog: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers, e.g. 1,3,224,224") from None
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"'{text}' must be N,C,H,W with positive sizes, e.g. 1,3,224,224")
+    return shape
+
+
+def budget_arg(text: str) -> Budget:
+    try:
+        return Budget.parse(text)
+    except BatudeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_model_args(p: argparse.ArgumentParser, *, input_option: bool = True) -> None:
+    p.add_argument("model", metavar="MODEL", help="checkpoint path, .pt2 program, or torchvision:NAME / batude:NAME / package.module:function")
+    if input_option:
+        p.add_argument("--input", type=shape_arg, default=None, metavar="N,C,H,W", help="input shape (default: from the checkpoint, else the architecture's)")
+    p.add_argument("--arch", default=None, help="architecture of a plain state_dict checkpoint, or a trusted user factory")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled whole models (runs code from the file)")
+
+
+def load_from_args(args: argparse.Namespace) -> tuple[Checkpoint, tuple[int, ...]]:
+    ckpt = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+    given = getattr(args, "input", None)
+    return ckpt, tuple(given) if given else ckpt.input_shape
+
+
+_open_line = False  # a progress line without its newline is on stderr
+
+
+class ProgressBar:
+    """``label [#####     ] step/steps loss x`` (or a note) on stderr, redrawn at most 10 times a second."""
+
+    def __init__(self, width: int = 24) -> None:
+        self.width, self._last = width, 0.0
+
+    def __call__(self, label: str, step: int, steps: int, loss: float | None = None, note: str = "") -> None:
+        now = time.monotonic()
+        if step < steps and now - self._last < 0.1:
+            return
+        self._last = now
+        filled = int(self.width * step / max(steps, 1))
+        bar = "#" * filled + " " * (self.width - filled)
+        global _open_line
+        _open_line = step < steps
+        end = "" if _open_line else "\n"
+        tail = f"loss {loss:.4f}" if loss is not None else note
+        print(f"\r{label:<16} [{bar}] {step}/{steps} {tail:<40}", end=end, file=sys.stderr, flush=True)
+
+
+def _fresh_line() -> str:
+    global _open_line
+    prefix, _open_line = ("\n" if _open_line else ""), False
+    return prefix
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse and dispatch; user errors become one line and exit code 2."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help/--version (0) or a usage error (2, already printed)
+        return int(done.code or 0)
+    try:
+        return args.func(args)
+    except BatudeError as err:
+        print(f"{_fresh_line()}{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{_fresh_line()}{parser.prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,149 @@
+"""Epoch-level training mechanics: one epoch, evaluation, distillation loss, optimiser/schedule.
+
+Everything here is stateless apart from the objects passed in; :mod:`batude.train.runner` owns
+checkpoints, resume and logs. Progress goes to an optional callback (the CLI draws the bar).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from batude.errors import BatudeError
+from batude.train.config import TrainConfig
+
+__all__ = ["Diverged", "EpochStats", "Progress", "seed_everything", "make_optimizer", "train_one_epoch", "evaluate", "kd_loss"]
+
+Progress = Callable[[str, int, int, float], None]  # (phase label, step, steps, running loss)
+
+
+class Diverged(BatudeError):
+    """The loss became NaN or Inf."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float
+    accuracy: float  # percent
+    seconds: float
+    steps: int
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float, total_steps: int):
+    """SGD (momentum, optional Nesterov, weight decay) with per-step cosine decay from ``lr`` to 0."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    total = max(int(total_steps), 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    return optimizer, scheduler
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015 distillation term ``T^2 * KL(softmax(t/T) || softmax(s/T))`` (batch mean)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _to(batch: Iterable[torch.Tensor], device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[], object] | None = None,
+    teacher: nn.Module | None = None,
+    kd_alpha: float = 0.5,
+    kd_temperature: float = 4.0,
+    label: str = "train",
+    progress: Progress | None = None,
+) -> EpochStats:
+    """One pass over ``loader``: ``loss = CE(+label smoothing) [+ KD] [+ extra_loss()]``.
+
+    ``after_step`` runs after each optimiser step (BC-ADL's ``step``). Raises
+    :class:`BatudeError` (``Diverged``) as soon as the loss is not finite.
+    """
+    model.train()
+    amp, channels_last = cfg.use_amp(device), cfg.use_channels_last(device)
+    start, total_loss, correct, seen, steps = time.perf_counter(), 0.0, 0, 0, len(loader)  # type: ignore[arg-type]
+    for step, batch in enumerate(loader):
+        x, y = _to(batch, device, channels_last)
+        with _autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                loss = (1 - kd_alpha) * loss + kd_alpha * kd_loss(logits.float(), t_logits.float(), kd_temperature)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        if not torch.isfinite(loss):
+            raise Diverged(f"training diverged: the loss is {float(loss.detach())} at step {step + 1}/{steps}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step()
+        total_loss += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if progress is not None:
+            progress(label, step + 1, steps, total_loss / seen)
+    return EpochStats(total_loss / max(seen, 1), 100.0 * correct / max(seen, 1), time.perf_counter() - start, steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, cfg: TrainConfig | None = None) -> tuple[float, float]:
+    """``(mean cross-entropy, top-1 accuracy in percent)`` over ``loader`` in eval mode."""
+    cfg = cfg or TrainConfig()
+    was_training = model.training
+    model.eval()
+    amp, channels_last = cfg.use_amp(device), cfg.use_channels_last(device)
+    total_loss, correct, seen = 0.0, 0, 0
+    try:
+        for batch in loader:
+            x, y = _to(batch, device, channels_last)
+            with _autocast(device, amp):
+                logits = model(x)
+            total_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise BatudeError("the evaluation set is empty; check the dataset or --subset")
+    return total_loss / seen, 100.0 * correct / seen

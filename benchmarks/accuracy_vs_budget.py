@@ -1,0 +1,157 @@
+"""Fashion-MNIST ResNet-20: BATUDE vs uniform / energy / VBMF ranks at equal FLOPs and equal epochs.
+
+For each budget, method (and BC-ADL score, for BATUDE) and seed: compress a copy of the same dense
+checkpoint with ``batude.train.compress`` (BATUDE: E_admm BC-ADL + E_ft fine-tuning epochs;
+baselines: E_admm + E_ft fine-tuning epochs), measure FLOPs with FlopCounterMode and test
+accuracy. Also times one plain training epoch of the dense model and reports BC-ADL's epoch time
+relative to it. Writes ``results.json``, ``accuracy_vs_budget.png`` and prints a Markdown table.
+
+Dense checkpoint: ``batude train --model resnet20 --data fashion-mnist --epochs N --out DIR``
+(then pass ``--dense DIR/model.pt``).
+
+    python benchmarks/accuracy_vs_budget.py --dense DIR/model.pt --out bench_out \
+        --budgets 2.5x,4x --seeds 0,1 --epochs-admm 10 --epochs-ft 10          # GPU schedule
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _env import environment  # noqa: E402
+
+import batude  # noqa: E402
+from batude.data import DataSpec, load_datasets, make_loader  # noqa: E402
+from batude.nn import flop_counter_macs  # noqa: E402
+from batude.rank.bcadl import BCADLConfig  # noqa: E402
+from batude.train import CompressConfig, TrainConfig, compress, evaluate  # noqa: E402
+from batude.train.loop import make_optimizer, seed_everything, train_one_epoch  # noqa: E402
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dense", required=True, help="dense batude checkpoint (from `batude train`)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--budgets", default="2.5x,4x")
+    p.add_argument("--methods", default="batude,uniform,energy,vbmf")
+    p.add_argument("--scores", default="joint_per_cost", help="BC-ADL greedy scores to compare (BATUDE only)")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--epochs-admm", type=int, default=2)
+    p.add_argument("--epochs-ft", type=int, default=2)
+    p.add_argument("--lr-admm", type=float, default=0.01)
+    p.add_argument("--lr-ft", type=float, default=0.005)
+    p.add_argument("--rho0", type=float, default=1e-3)
+    p.add_argument("--lam", type=float, default=1e-4)
+    p.add_argument("--kd", action="store_true")
+    p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default=None)
+    p.add_argument("--skip-epoch-timing", action="store_true", help="do not time a plain dense epoch")
+    return p.parse_args(argv)
+
+
+def _plain_epoch_seconds(dense, train_loader, cfg: TrainConfig, device) -> float:
+    model = copy.deepcopy(dense).to(device)
+    optimizer, scheduler = make_optimizer(model, cfg, cfg.lr, len(train_loader))
+    return train_one_epoch(model, train_loader, optimizer, scheduler, cfg, device).seconds
+
+
+def _runs(args):
+    for budget in args.budgets.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            for method in args.methods.split(","):
+                for score in (args.scores.split(",") if method == "batude" else [None]):
+                    yield budget, seed, method, score
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = batude.load_checkpoint(args.dense)
+    train, test, info = load_datasets(DataSpec("fashion-mnist", subset=args.subset))
+    shape = (1, info.in_channels, *info.image_size)
+    base = TrainConfig(epochs=args.epochs_admm + args.epochs_ft, batch_size=args.batch_size, device=args.device)
+    device = base.resolved_device()
+    test_loader = make_loader(test, 512, False, 0)
+    dense_acc = evaluate(ckpt.model.to(device), test_loader, device, base)[1]
+    plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0), base, device)
+    results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "plain_epoch_seconds": plain,
+               "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape), "runs": []}
+    print(f"dense accuracy {dense_acc:.2f}%, plain epoch {plain or float('nan'):.1f}s on {device}", flush=True)
+    for budget, seed, method, score in _runs(args):
+        seed_everything(seed)
+        train_loader = make_loader(train, args.batch_size, True, seed)
+        bcadl = BCADLConfig(rho0=args.rho0, lam=args.lam, **({"score": score} if score else {}))
+        cfg = CompressConfig(method=method, epochs_admm=args.epochs_admm, epochs_ft=args.epochs_ft, lr_admm=args.lr_admm,
+                             lr_ft=args.lr_ft, bcadl=bcadl, kd=args.kd, train=TrainConfig(**{**base.to_dict(), "seed": seed}))
+        start = time.perf_counter()
+        res = compress(copy.deepcopy(ckpt.model), train_loader, test_loader, budget, cfg)
+        macs = flop_counter_macs(res.model.cpu().float(), shape)
+        admm_s = [e["seconds"] for e in res.log if e["phase"] == "admm"]
+        run = {"budget": budget, "seed": seed, "method": method, "score": score, "dense_accuracy": res.dense_accuracy,
+               "decomposed_accuracy": res.decomposed_accuracy, "accuracy": res.accuracy, "drop": res.dense_accuracy - res.accuracy,
+               "macs": macs, "macs_reduction": results["dense_macs"] / macs,
+               "bcadl_epoch_vs_plain": (sum(admm_s) / len(admm_s) / plain) if admm_s and plain else None,
+               "ranks": {l.name: (list(l.ranks) if l.ranks else None) for l in res.plan.layers},
+               "seconds": round(time.perf_counter() - start, 1), "log": res.log}
+        results["runs"].append(run)
+        print(f"{budget} seed {seed} {method}{'/' + score if score else ''}: {res.accuracy:.2f}% "
+              f"(drop {run['drop']:+.2f}, before fine-tuning {res.decomposed_accuracy:.2f}%), "
+              f"{run['macs_reduction']:.3f}x fewer FLOPs, {run['seconds']:.0f}s", flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    plot(results, out / "accuracy_vs_budget.png")
+    return 0
+
+
+def _groups(results):
+    groups: dict[tuple, list] = {}
+    for r in results["runs"]:
+        name = r["method"] + (f" ({r['score']})" if r["score"] else "")
+        groups.setdefault((r["budget"], name), []).append(r)
+    return groups
+
+
+def table(results) -> str:
+    lines = ["| budget | method | seeds | FLOPs reduction | accuracy % (mean) | drop vs dense (pt) | before fine-tune % | BC-ADL epoch / plain |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (budget, name), runs in _groups(results).items():
+        mean = lambda k: sum(r[k] for r in runs) / len(runs)  # noqa: E731
+        ratio = [r["bcadl_epoch_vs_plain"] for r in runs if r["bcadl_epoch_vs_plain"]]
+        ratio_text = f"{sum(ratio) / len(ratio):.2f}x" if ratio else "-"
+        lines.append(f"| {budget} | {name} | {len(runs)} | {mean('macs_reduction'):.3f}x | {mean('accuracy'):.2f} | "
+                     f"{mean('drop'):+.2f} | {mean('decomposed_accuracy'):.2f} | {ratio_text} |")
+    return "\n".join(lines)
+
+
+def plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = sorted({name for _, name in _groups(results)})
+    for name in names:
+        pts = sorted((sum(r["macs_reduction"] for r in runs) / len(runs), sum(r["accuracy"] for r in runs) / len(runs))
+                     for (b, n), runs in _groups(results).items() if n == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.axhline(results["dense_accuracy"], color="gray", linestyle="--", label="dense")
+    ax.set_xlabel("FLOPs reduction (x, FlopCounterMode)")
+    ax.set_ylabel("Fashion-MNIST test accuracy (%)")
+    ax.set_title("ResNet-20: accuracy vs FLOPs budget (equal epochs)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
