@@ -23,7 +23,8 @@ setup(
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "trt": ["tensorrt"],
         "gpu": ["triton"],
-        "dev": ["pytest", "torchvision", "matplotlib"],
+        "serve": ["tritonclient[grpc]"],
+        "dev": ["pytest", "torchvision", "matplotlib", "onnx", "onnxruntime", "onnxscript", "tritonclient[grpc]"],
     },
     entry_points={
         "console_scripts": [

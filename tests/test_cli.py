@@ -251,11 +251,10 @@ def test_argparse_errors_are_one_line_pointing_to_help(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_export_is_not_implemented_yet_in_process(capsys):
-    rc, out, err = run_cli(capsys, ["torchvision:resnet18"], entry=export_main)
+def test_export_of_an_unknown_model_is_one_line_in_process(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, ["torchvision:nope", "--out", tmp_path / "x"], entry=export_main)
     line = assert_one_error_line(rc, err, "batude-export: error:")
-    assert "not in this release" in line
-    assert out == ""
+    assert "unknown torchvision classifier" in line and not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------------------------- console scripts
@@ -285,12 +284,11 @@ def test_console_script_help(tmp_path, name, needles):
     assert proc.stderr == ""
 
 
-def test_console_script_export_exits_2(tmp_path):
-    proc = _run([_script("batude-export"), "torchvision:resnet18"], tmp_path)
+def test_console_script_export_error_exits_2(tmp_path):
+    proc = _run([_script("batude-export"), "missing.pt"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [proc.stderr.strip()]
-    assert proc.stderr.startswith("batude-export: error: the exporter is not in this release")
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("batude-export: error: checkpoint missing.pt not found")
     assert list(tmp_path.iterdir()) == []  # no export_out folder
 
 

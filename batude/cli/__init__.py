@@ -12,8 +12,8 @@ from typing import Sequence
 
 from batude._version import __version__
 from batude.cli import model_cmds, train_cmds
+from batude.cli.export_cmd import build_export_parser, export_main
 from batude.cli._common import Parser, ProgressBar, budget_arg, run
-from batude.errors import BatudeError
 from batude.rank.budget import Budget
 
 __all__ = ["main", "export_main", "build_parser", "build_export_parser"]
@@ -45,30 +45,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``batude`` console script."""
     return run(build_parser(), argv)
-
-
-def build_export_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="batude-export", description="Lower a (compressed) model to ONNX and TensorRT engines.")
-    p.add_argument("model", metavar="MODEL", help="batude checkpoint, .pt2 program, or torchvision:NAME")
-    p.add_argument("--plan", help="rank plan to apply to MODEL before export")
-    p.add_argument("--out", default="export_out", help="output folder")
-    p.add_argument("--trt", action="store_true", help="also build TensorRT engines")
-    p.add_argument("--fp16", action="store_true", help="half-precision export")
-    p.add_argument("--batch", default="1", help="static batch sizes, e.g. 1,64")
-    p.add_argument("--dynamic-batch", metavar="MIN:OPT:MAX", help="dynamic batch profile, e.g. 1:64:256")
-    p.add_argument("--input-shape", default=None, metavar="C,H,W", help="per-image input shape")
-    p.add_argument("--variant", choices=["chain", "min-flops", "auto"], default="min-flops", help="Tucker chain lowering")
-    p.add_argument("--triton-repo", metavar="DIR", help="write a Triton Inference Server model repository")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset")
-    p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled whole models")
-    p.set_defaults(func=_cmd_export)
-    return p
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    raise BatudeError("the exporter is not in this release yet (tracked as the export issue); `--help` lists its planned options")
-
-
-def export_main(argv: Sequence[str] | None = None) -> int:
-    """``batude-export`` console script."""
-    return run(build_export_parser(), argv)

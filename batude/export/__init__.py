@@ -1,5 +1,6 @@
-"""Deployment: lowering, ONNX, TensorRT, serving (built by the export issue).
+"""Deployment: lowering (chain variants, BatchNorm folding), verified ONNX, TensorRT engines, Triton.
 
-Sits above ``rank`` and ``checkpoint`` and below ``cli``; heavy dependencies (onnx, onnxruntime,
-tensorrt) are imported inside the functions that use them.
+``export_model`` (pipeline.py) runs the steps; each step checks its own output. Heavy dependencies
+(onnx, onnxruntime, onnxscript, tensorrt, tritonclient) are imported inside the functions that use
+them. Sits above ``rank``/``checkpoint`` and below ``cli``.
 """

@@ -137,6 +137,16 @@ def profile_model(model: nn.Module, input_shape: Sequence[int]) -> ModelProfile:
 
     for name, module in _units(model):
         handles.append(module.register_forward_hook(hook(name)))
+    try:
+        _forward(model, shape)
+    finally:
+        for h in handles:
+            h.remove()
+    return ModelProfile(input_shape=shape, layers=records)
+
+
+def _forward(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """One no-grad eval-mode forward on zeros; a shape error becomes a one-line BatudeError."""
     was_training = model.training
     try:
         model.eval()
@@ -144,12 +154,9 @@ def profile_model(model: nn.Module, input_shape: Sequence[int]) -> ModelProfile:
             model(_zeros_input(model, shape))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BatudeError(f"the model does not run on input shape {list(shape)} ({first}); pass the right --input") from None
+        raise BatudeError(f"the model does not run on input shape {list(shape)} ({first}); pass the right input shape") from None
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return ModelProfile(input_shape=shape, layers=records)
 
 
 def flop_counter_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -161,11 +168,6 @@ def flop_counter_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()
-    try:
-        with counter, torch.no_grad():
-            model(_zeros_input(model, tuple(input_shape)))
-    finally:
-        model.train(was_training)
+    with counter:
+        _forward(model, tuple(int(d) for d in input_shape))
     return counter.get_total_flops() // 2

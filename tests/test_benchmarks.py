@@ -1,0 +1,38 @@
+"""Smoke tests of the benchmark scripts on tiny real inputs (schema and plot files)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+import batude
+from batude.models import resnet20
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
+def test_accuracy_vs_budget_writes_results_and_plot(tmp_path):
+    dense = tmp_path / "dense.pt"
+    batude.save(dense, resnet20(in_channels=1), arch="batude:resnet20", arch_kwargs={"in_channels": 1})
+    bench = _script("accuracy_vs_budget")
+    assert bench.main(["--dense", str(dense), "--out", str(tmp_path / "out"), "--subset", "200", "--budgets", "2x",
+                       "--methods", "batude,uniform", "--epochs-admm", "1", "--epochs-ft", "0", "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {"env", "args", "dense_accuracy", "plain_epoch_seconds", "dense_macs", "runs"} <= set(results)
+    assert results["env"]["torch"] and results["env"]["cpu"]
+    assert [(r["method"], r["score"]) for r in results["runs"]] == [("batude", "joint_per_cost"), ("uniform", None)]
+    for run in results["runs"]:
+        assert 2.0 <= run["macs_reduction"] <= 2.02
+    assert results["runs"][0]["bcadl_epoch_vs_plain"] > 0
+    assert (tmp_path / "out" / "accuracy_vs_budget.png").stat().st_size > 1000
+    assert "| 2x | batude (joint_per_cost) | 1 |" in bench.table(results)
