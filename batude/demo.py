@@ -1,10 +1,11 @@
-"""The quick-start job on real data: train -> compress (BATUDE vs a uniform baseline) -> verify -> report.
+"""The quick-start job on real data: train -> compress (BATUDE vs uniform) -> verify -> export -> report.
 
 Default (CPU, a few minutes on 2 cores): CIFAR-style ResNet-20 on a 12,000-image stratified subset
 of Fashion-MNIST, 3 dense epochs, then BATUDE at 2.52x fewer FLOPs (2 BC-ADL + 2 fine-tuning
 epochs) and the uniform-rank baseline with the same 4 epochs. ``full=True`` runs the full schedule
 (all 60,000 images, 30 dense epochs, 10 + 10 compression epochs), meant for a GPU. Every cost is
-checked against ``FlopCounterMode`` and the saved checkpoint is reloaded and compared.
+checked against ``FlopCounterMode``, the saved checkpoints are reloaded and compared, and the
+BATUDE model is exported to ONNX (``export/``) and checked in onnxruntime.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def run_demo(out: Path, budget: Budget | str = "2.52x", schedule: DemoSchedule =
     dense = train_model(arch.build(), train_loader, test_loader, dense_cfg, progress=progress)
     dense_model = dense.model.cpu().float()
     save(out / "dense.pt", dense_model, arch=arch, metadata={"input_shape": list(shape), "test_accuracy": dense.accuracy})
-    emit(f"[1/3] dense ResNet-20: {dense.accuracy:.2f}% test accuracy, {si(flop_counter_macs(dense_model, shape), 'MAC')} per image")
+    emit(f"[1/4] dense ResNet-20: {dense.accuracy:.2f}% test accuracy, {si(flop_counter_macs(dense_model, shape), 'MAC')} per image")
 
     results = {}
     for method in ("batude", "uniform"):
@@ -88,19 +89,35 @@ def run_demo(out: Path, budget: Budget | str = "2.52x", schedule: DemoSchedule =
         if method == "batude":
             res.plan.with_arch(arch.ref).save(out / "plan.json")
         results[method] = _verify(out / f"{method}.pt", model, res, shape, budget)
-        emit(f"[{2 if method == 'batude' else 3}/3] {method}: {results[method]['macs_reduction']:.3f}x fewer FLOPs "
+        emit(f"[{2 if method == 'batude' else 3}/4] {method}: {results[method]['macs_reduction']:.3f}x fewer FLOPs "
              f"(FlopCounterMode), accuracy {res.dense_accuracy:.2f}% -> {res.accuracy:.2f}% "
              f"(drop {res.dense_accuracy - res.accuracy:+.2f} pt)")
+    exported = _export(out, results, shape, emit)
     checks = {f"{m}_{k}": v for m, r in results.items() for k, v in r["checks"].items()}
+    checks["onnx_matches_pytorch"] = exported["onnx"]["rel_error"] <= exported["onnx"]["tolerance"]
     checks["passed"] = all(checks.values())
     report = {
         "batude": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
         "schedule": sched.describe(), "budget": budget.to_dict(), "dense_accuracy": dense.accuracy,
         "counted": "conv+linear MACs per image (FLOPs = 2 * MACs), measured with FlopCounterMode",
-        "methods": results, "checks": checks, "seconds": round(time.perf_counter() - t0, 1),
+        "methods": results, "export": {"folder": str(out / "export"), "onnx": exported["onnx"], "variants": exported["variants"]},
+        "checks": checks, "seconds": round(time.perf_counter() - t0, 1),
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     emit(f"checks {'passed' if checks['passed'] else 'FAILED'} in {report['seconds']:.0f}s -> {out / 'report.json'}")
+    return report
+
+
+def _export(out: Path, results: dict, shape: tuple[int, ...], emit: Callable[[str], None]) -> dict:
+    """Export the BATUDE model like ``batude-export out/batude.pt --out out/export`` and check it."""
+    from batude.export.pipeline import ExportOptions, export_model
+
+    model = load_checkpoint(out / "batude.pt").model
+    options = ExportOptions(input_shape=tuple(shape[1:]), batches=(1, 64))
+    report = export_model(model, out / "export", options, plan=load_checkpoint(out / "batude.pt").plan)
+    onnx = report["onnx"]
+    emit(f"[4/4] exported the BATUDE model to {out / 'export' / 'model.onnx'}: {onnx['op_counts'].get('Conv', 0)} Conv "
+         f"nodes, onnxruntime vs PyTorch relative error {onnx['rel_error']:.1e} (limit {onnx['tolerance']:g})")
     return report
 
 

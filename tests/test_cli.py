@@ -303,13 +303,19 @@ def test_python_m_batude_version(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def saved_ok(out):
+    report = json.loads((out / "report.json").read_text())
+    return report["checks"]["onnx_matches_pytorch"] and report["export"]["onnx"]["dynamic_batch"]
+
+
 def test_demo_pipeline_on_a_tiny_schedule(tmp_path):
     from batude.demo import DemoSchedule, run_demo
 
     out, lines = tmp_path / "demo", []
     report = run_demo(out, "2.52x", DemoSchedule(subset=600, dense_epochs=1, epochs_admm=1, epochs_ft=1),
                       device="cpu", emit=lines.append)
-    assert sorted(p.name for p in out.iterdir()) == ["batude.pt", "dense.pt", "plan.json", "report.json", "uniform.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["batude.pt", "dense.pt", "export", "plan.json", "report.json", "uniform.pt"]
+    assert (out / "export" / "model.onnx").is_file() and saved_ok(out)
     saved = json.loads((out / "report.json").read_text())
     assert saved["checks"]["passed"] is True and all(saved["checks"].values())
     assert saved == json.loads(json.dumps(report))
