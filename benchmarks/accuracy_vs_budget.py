@@ -47,12 +47,15 @@ def _args(argv=None):
     p.add_argument("--epochs-ft", type=int, default=2)
     p.add_argument("--lr-admm", type=float, default=0.01)
     p.add_argument("--lr-ft", type=float, default=0.005)
+    p.add_argument("--updates-per-epoch", type=int, default=1, help="BC-ADL Z/U updates per epoch")
     p.add_argument("--rho0", type=float, default=1e-3)
     p.add_argument("--lam", type=float, default=1e-4)
     p.add_argument("--kd", action="store_true")
     p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--skip-epoch-timing", action="store_true", help="do not time a plain dense epoch")
     return p.parse_args(argv)
 
@@ -76,22 +79,22 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = batude.load_checkpoint(args.dense)
-    train, test, info = load_datasets(DataSpec("fashion-mnist", subset=args.subset))
+    train, test, info = load_datasets(DataSpec("fashion-mnist", root=args.data_dir, subset=args.subset))
     shape = (1, info.in_channels, *info.image_size)
-    base = TrainConfig(epochs=args.epochs_admm + args.epochs_ft, batch_size=args.batch_size, device=args.device)
+    base = TrainConfig(epochs=args.epochs_admm + args.epochs_ft, batch_size=args.batch_size, device=args.device, num_workers=args.workers)
     device = base.resolved_device()
     test_loader = make_loader(test, 512, False, 0)
     dense_acc = evaluate(ckpt.model.to(device), test_loader, device, base)[1]
-    plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0), base, device)
+    plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0, args.workers), base, device)
     results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "plain_epoch_seconds": plain,
                "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape), "runs": []}
     print(f"dense accuracy {dense_acc:.2f}%, plain epoch {plain or float('nan'):.1f}s on {device}", flush=True)
     for budget, seed, method, score in _runs(args):
         seed_everything(seed)
-        train_loader = make_loader(train, args.batch_size, True, seed)
+        train_loader = make_loader(train, args.batch_size, True, seed, args.workers)
         bcadl = BCADLConfig(rho0=args.rho0, lam=args.lam, **({"score": score} if score else {}))
         cfg = CompressConfig(method=method, epochs_admm=args.epochs_admm, epochs_ft=args.epochs_ft, lr_admm=args.lr_admm,
-                             lr_ft=args.lr_ft, bcadl=bcadl, kd=args.kd, train=TrainConfig(**{**base.to_dict(), "seed": seed}))
+                             lr_ft=args.lr_ft, updates_per_epoch=args.updates_per_epoch, bcadl=bcadl, kd=args.kd, train=TrainConfig(**{**base.to_dict(), "seed": seed}))
         start = time.perf_counter()
         res = compress(copy.deepcopy(ckpt.model), train_loader, test_loader, budget, cfg)
         macs = flop_counter_macs(res.model.cpu().float(), shape)

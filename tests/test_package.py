@@ -71,3 +71,15 @@ def test_dependencies_point_one_way():
     assert not violations, violations
     # the checker itself can fail: a higher-level import from a low level is flagged
     assert _level("batude.cli") > _level("batude.functional.cost")
+
+
+def test_export_help_needs_only_the_base_install():
+    code = (
+        "import sys\n"
+        "from batude.cli import export_main\n"
+        "rc = export_main(['--help'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript', 'tensorrt', 'tritonclient'))\n"
+        "print(rc, heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.startswith("usage: batude-export") and proc.stderr.strip() == "0 []"
