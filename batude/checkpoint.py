@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator

@@ -76,10 +76,10 @@ def _unit_geometry(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ConvG
         bias = (module.last if hasattr(module, "last") else module).bias is not None
         return ConvGeometry(out_f, in_f, (1, 1), positions, positions, 1, bias)
     if isinstance(module, nn.Conv2d):
-        conv, groups = module, module.groups
+        groups = module.groups
         kernel, bias = tuple(module.kernel_size), module.bias is not None
     else:  # TuckerConv2d / LowRankConv1x1: kernel from the core (or first) conv, bias from last
-        conv, groups = module.first, 1
+        groups = 1
         kernel = tuple(getattr(module, "core", module.first).kernel_size)
         bias = module.last.bias is not None
     return ConvGeometry(

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from batude.errors import BatudeError
-from batude.rank.budget import Budget
 from batude.rank.greedy import budgeted_ranks, kept_gain
 from batude.rank.problem import RankProblem, SelectorConfig
 from batude.rank.filter import LayerFilter
