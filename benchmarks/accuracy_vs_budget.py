@@ -47,6 +47,8 @@ def _args(argv=None):
     p.add_argument("--lr-ft", type=float, default=0.005)
     p.add_argument("--updates-per-epoch", type=int, default=1, help="BC-ADL Z/U updates per epoch")
     p.add_argument("--rho0", type=float, default=1e-3)
+    p.add_argument("--rho-growth", type=float, default=1.5)
+    p.add_argument("--rho-max", type=float, default=1.0)
     p.add_argument("--lam", type=float, default=1e-4)
     p.add_argument("--kd", action="store_true")
     p.add_argument("--subset", type=int, default=None)
@@ -90,7 +92,8 @@ def main(argv=None) -> int:
     for budget, seed, method, score in _runs(args):
         seed_everything(seed)
         train_loader = make_loader(train, args.batch_size, True, seed, args.workers)
-        bcadl = BCADLConfig(rho0=args.rho0, lam=args.lam, **({"score": score} if score else {}))
+        bcadl = BCADLConfig(rho0=args.rho0, rho_growth=args.rho_growth, rho_max=args.rho_max, lam=args.lam,
+                            **({"score": score} if score else {}))
         cfg = CompressConfig(method=method, epochs_admm=args.epochs_admm, epochs_ft=args.epochs_ft, lr_admm=args.lr_admm,
                              lr_ft=args.lr_ft, updates_per_epoch=args.updates_per_epoch, bcadl=bcadl, kd=args.kd, train=TrainConfig(**{**base.to_dict(), "seed": seed}))
         start = time.perf_counter()

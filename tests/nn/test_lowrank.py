@@ -27,7 +27,7 @@ def test_conv1x1_truncation_is_eckart_young():
     torch.manual_seed(1)
     conv = nn.Conv2d(16, 16, 1, bias=False)
     layer = LowRankConv1x1.from_conv(conv, 4)
-    sv = torch.linalg.svdvals(conv.weight[:, :, 0, 0].double())
+    sv = torch.linalg.svdvals(conv.weight[:, :, 0, 0].detach().double())
     err = float((layer.dense_weight() - conv.weight).detach().norm())
     assert abs(err - float(sv[4:].norm())) < 1e-4
     rebuilt = layer.to_conv()
