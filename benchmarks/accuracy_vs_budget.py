@@ -22,15 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env import environment  # noqa: E402
-
-import batude  # noqa: E402
-from batude.data import DataSpec, load_datasets, make_loader  # noqa: E402
-from batude.nn import flop_counter_macs  # noqa: E402
-from batude.rank.bcadl import BCADLConfig  # noqa: E402
-from batude.train import CompressConfig, TrainConfig, compress, evaluate  # noqa: E402
-from batude.train.loop import make_optimizer, seed_everything, train_one_epoch  # noqa: E402
+import batude
+from batude.bench.env import environment
+from batude.data import DataSpec, load_datasets, make_loader
+from batude.nn import flop_counter_macs
+from batude.rank.bcadl import BCADLConfig
+from batude.train import CompressConfig, TrainConfig, compress, evaluate
+from batude.train.loop import make_optimizer, seed_everything, train_one_epoch
 
 
 def _args(argv=None):

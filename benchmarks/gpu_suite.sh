@@ -25,10 +25,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   DENSE_EPOCHS=${DENSE_EPOCHS:-30}; ADMM=${ADMM:-10}; FT=${FT:-10}; SUBSET=""; DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-4}
 fi
-python3 - <<PY | tee "$OUT/env.json"
-import json, sys; sys.path.insert(0, "benchmarks")
-from _env import environment; print(json.dumps(environment(), indent=2))
-PY
+python3 -c "import json; from batude.bench.env import environment; print(json.dumps(environment(), indent=2))" | tee "$OUT/env.json"
 # 1. tests that need a GPU or TensorRT (they skip with the reason where those are missing)
 python3 -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests 2>&1 | tee "$OUT/gpu_tests.txt" || true
 # 2. dense ResNet-20 on Fashion-MNIST, then BATUDE vs uniform/energy/VBMF at equal epochs

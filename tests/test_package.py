@@ -18,7 +18,7 @@ LEVELS = {
     "nn": 2, "models": 2, "data": 2,
     "rank": 3,
     "checkpoint": 4, "train": 4,
-    "export": 5, "runtime": 5,
+    "export": 5, "runtime": 5, "bench": 5,
     "demo": 6, "cli": 6, "__main__": 7, "__init__": 7,
 }
 

@@ -1,4 +1,8 @@
-"""Environment record attached to every benchmark result."""
+"""The environment record attached to every benchmark and latency result.
+
+GPU name, compute capability, driver, CUDA, cuDNN, torch, onnxruntime, TensorRT versions and the
+CPU model and threads. It never initialises CUDA on a machine without a GPU.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,32 @@ import subprocess
 
 import torch
 
-import batude
+from batude._version import __version__
 
 
 def environment() -> dict:
+    """A JSON-able dict of the software and hardware that produced a measurement."""
     env = {
-        "batude": batude.__version__, "torch": str(torch.__version__), "python": platform.python_version(),
+        "batude": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
         "cpu": _cpu_model(), "cpu_threads": torch.get_num_threads(), "os_cpus": os.cpu_count(),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "onnxruntime": _version_of("onnxruntime"), "tensorrt": _version_of("tensorrt"),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}", driver=_driver())
     return env
+
+
+def _version_of(module: str) -> str | None:
+    from importlib import metadata
+
+    for dist in (module, f"{module}-gpu", f"{module}-cu12", f"{module}-cu13"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def _cpu_model() -> str:
