@@ -11,7 +11,7 @@ from batude.functional.cost import LayerKind
 from batude.nn.lowrank import LowRankConv1x1, LowRankLinear
 from batude.nn.tucker_conv import TuckerConv2d
 
-__all__ = ["Init", "DECOMPOSED_TYPES", "kind_of", "decomposed_kind", "decompose_module"]
+__all__ = ["Init", "DECOMPOSED_TYPES", "kind_of", "decomposed_kind", "decompose_module", "densify"]
 
 DECOMPOSED_TYPES = (TuckerConv2d, LowRankConv1x1, LowRankLinear)
 
@@ -80,3 +80,19 @@ def decompose_module(
     if decompose:
         return LowRankLinear.from_linear(module, ranks[0], name=name)
     return LowRankLinear.like(module, ranks[0], name=name)
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every factorised layer rebuilt as its dense equivalent.
+
+    Same function, dense cost: the dense baseline of a compressed checkpoint for latency runs.
+    """
+    import copy
+
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, DECOMPOSED_TYPES):
+            parent_name, _, child = name.rpartition(".")
+            dense = module.to_linear() if isinstance(module, LowRankLinear) else module.to_conv()
+            setattr(model.get_submodule(parent_name), child, dense)
+    return model

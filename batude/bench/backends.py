@@ -1,0 +1,137 @@
+"""Latency backends behind one interface: eager, CUDA-graph replay, torch.compile, onnxruntime, TensorRT.
+
+:func:`make_runner` prepares a model for one backend, batch and dtype and returns a zero-argument
+callable that runs one batch with its inputs already in place (no host-device copies inside the
+timed call, except onnxruntime on CPU where host memory *is* the device). A backend that cannot run
+here raises :class:`BackendUnavailable` with the reason; :func:`measure` records that reason
+instead of crashing.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from batude.bench.timing import Stats, time_callable
+from batude.errors import BatudeError
+
+__all__ = ["Backend", "BackendUnavailable", "Runner", "make_runner", "measure"]
+
+log = logging.getLogger(__name__)
+
+
+class Backend(str, enum.Enum):
+    EAGER = "eager"
+    CUDA_GRAPH = "cuda-graph"
+    COMPILE = "compile"
+    ORT = "onnxruntime"
+    TRT = "tensorrt"
+
+
+class BackendUnavailable(BatudeError):
+    """This backend cannot run on this machine (the message says why)."""
+
+
+@dataclass
+class Runner:
+    backend: Backend
+    run: Callable[[], object]
+    device: torch.device
+    batch: int
+    dtype: torch.dtype
+    workdir: tempfile.TemporaryDirectory | None = None  # keeps exported files alive
+
+
+def _device_for(backend: Backend, device: str | None) -> torch.device:
+    if backend in (Backend.CUDA_GRAPH, Backend.TRT) or device == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"{backend.value} needs a CUDA GPU; none is available here")
+        return torch.device("cuda")
+    return torch.device(device or "cpu")
+
+
+def _torch_runner(model: nn.Module, x: torch.Tensor, backend: Backend) -> Callable[[], object]:
+    if backend is Backend.EAGER:
+        return lambda: model(x)
+    if backend is Backend.COMPILE:
+        compiled = torch.compile(model)
+        return lambda: compiled(x)
+    stream = torch.cuda.Stream()  # CUDA graph: warm up on a side stream, capture, replay
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        model(x)
+    return graph.replay
+
+
+def make_runner(model: nn.Module, backend: Backend | str, input_shape: Sequence[int], batch: int,
+                dtype: torch.dtype = torch.float32, device: str | None = None) -> Runner:
+    """A runner for one (backend, batch, dtype); ``input_shape`` is per image (C, H, W)."""
+    backend = Backend(backend)
+    dev = _device_for(backend, device)
+    if dtype == torch.float16 and dev.type == "cpu" and backend is not Backend.ORT:
+        raise BackendUnavailable(f"{backend.value} fp16 on the CPU is not a meaningful latency target; use fp32 or a GPU")
+    shape = (batch, *input_shape)
+    if backend in (Backend.ORT, Backend.TRT):
+        return _exported_runner(model, backend, tuple(input_shape), batch, dtype, dev)
+    model = copy.deepcopy(model).eval().to(dev, dtype)
+    x = torch.randn(shape, device=dev, dtype=dtype)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return Runner(backend, _torch_runner(model, x, backend), dev, batch, dtype)
+
+
+def _exported_runner(model: nn.Module, backend: Backend, input_shape: tuple[int, ...], batch: int,
+                     dtype: torch.dtype, dev: torch.device) -> Runner:
+    import importlib.util
+
+    from batude.export.pipeline import ExportOptions, export_model
+    from batude.runtime import load
+
+    needs = ["onnx", "onnxruntime"] + (["tensorrt"] if backend is Backend.TRT else [])
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailable(f"{backend.value} needs {', '.join(missing)}, which is not installed here")
+    work = tempfile.TemporaryDirectory(prefix="batude-bench-")
+    options = ExportOptions(input_shape=input_shape, batches=(batch,), fp16=dtype == torch.float16, trt=backend is Backend.TRT)
+    export_model(model, work.name, options)
+    path = Path(work.name) / ("model.plan" if backend is Backend.TRT else "model.onnx")
+    runner = load(path)
+    x = torch.randn((batch, *input_shape), dtype=dtype, device=dev if backend is Backend.TRT else "cpu")
+    if backend is Backend.ORT:
+        session, feed = runner.session, {runner.input.name: x.numpy()}
+        return Runner(backend, lambda: session.run(None, feed), torch.device("cpu"), batch, dtype, work)
+    return Runner(backend, lambda: runner(x), dev, batch, dtype, work)
+
+
+def measure(model: nn.Module, backends: Sequence[Backend | str], input_shape: Sequence[int], batches: Sequence[int],
+            dtype: torch.dtype = torch.float32, iters: int = 50, warmup: int = 10, device: str | None = None,
+            label: str = "") -> list[dict]:
+    """Time ``model`` on every (backend, batch); unavailable backends are reported with the reason."""
+    results = []
+    for backend in map(Backend, backends):
+        for batch in batches:
+            entry = {"model": label, "backend": backend.value, "batch": int(batch), "dtype": str(dtype).replace("torch.", "")}
+            try:
+                runner = make_runner(model, backend, input_shape, int(batch), dtype, device)
+                stats: Stats = time_callable(runner.run, iters=iters, warmup=warmup, device=runner.device,
+                                             batch=int(batch), label=f"{label} {backend.value} b{batch}")
+                entry.update(available=True, device=str(runner.device), **stats.to_dict())
+            except BackendUnavailable as err:
+                entry.update(available=False, reason=str(err))
+                log.info("%s unavailable: %s", backend.value, err)
+            results.append(entry)
+    return results

@@ -1,0 +1,65 @@
+"""Latency reports: speedup pairing (compressed vs dense, same backend/batch/dtype), a table, a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from batude.errors import BatudeError
+
+__all__ = ["add_speedups", "latency_table", "plot_speedup"]
+
+
+def _key(r: dict) -> tuple:
+    return r["backend"], r["batch"], r["dtype"]
+
+
+def add_speedups(results: list[dict], dense_label: str = "dense") -> list[dict]:
+    """Add ``speedup`` (dense median / this median) to every available result with a dense partner."""
+    dense = {_key(r): r for r in results if r["model"] == dense_label and r.get("available")}
+    for r in results:
+        partner = dense.get(_key(r))
+        if r.get("available") and partner is not None:
+            r["speedup"] = partner["median_ms"] / r["median_ms"]
+    return results
+
+
+def latency_table(results: Sequence[dict]) -> str:
+    """Markdown table: model, FLOPs reduction, backend, batch, dtype, median/p90 ms, CV, throughput, speedup."""
+    lines = ["| model | FLOPs reduction | backend | batch | dtype | median ms | p90 ms | CV | images/s | speedup vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        red = f"{r['flops_reduction']:.2f}x" if r.get("flops_reduction") else "-"
+        if not r.get("available"):
+            lines.append(f"| {r['model']} | {red} | {r['backend']} | {r['batch']} | {r['dtype']} | unavailable: {r['reason']} | | | | |")
+            continue
+        speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        lines.append(f"| {r['model']} | {red} | {r['backend']} | {r['batch']} | {r['dtype']} | {r['median_ms']:.3f} | "
+                     f"{r['p90_ms']:.3f} | {100 * r['cv']:.1f}% | {r['throughput']:.1f} | {speed} |")
+    return "\n".join(lines)
+
+
+def plot_speedup(results: Sequence[dict], path: str | Path, title: str = "Measured speedup vs FLOPs reduction") -> None:
+    """Scatter of measured speedup against FLOPs reduction per (backend, batch), with the ideal y = x line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BatudeError("plots need matplotlib: pip install matplotlib (or batude[dev])") from None
+    points = [r for r in results if "speedup" in r and r.get("flops_reduction")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = max([r["flops_reduction"] for r in points] + [1.0]) * 1.05
+    ax.plot([1, top], [1, top], linestyle="--", color="gray", label="ideal (speedup = FLOPs reduction)")
+    ax.axhline(1.0, color="black", linewidth=0.5)
+    for backend, batch in sorted({(r["backend"], r["batch"]) for r in points}):
+        sel = sorted((r["flops_reduction"], r["speedup"]) for r in points if (r["backend"], r["batch"]) == (backend, batch))
+        ax.plot([p[0] for p in sel], [p[1] for p in sel], marker="o", label=f"{backend}, batch {batch}")
+    ax.set_xlabel("FLOPs reduction (x, FlopCounterMode)")
+    ax.set_ylabel("measured speedup vs dense (x)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

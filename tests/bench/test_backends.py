@@ -1,0 +1,85 @@
+"""Latency backends, speedup pairing, report files and ``batude bench`` on CPU (small real models)."""
+
+import json
+
+import pytest
+import torch
+
+import batude
+from batude.bench.backends import Backend, measure
+from batude.bench.report import add_speedups, latency_table, plot_speedup
+from batude.cli import main
+from batude.models import resnet20
+from batude.nn import densify, flop_counter_macs
+from batude.rank import apply_plan_, select_ranks
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def compressed():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1).eval()
+    plan = select_ranks(model, "2.52x", "uniform", input_shape=(1, *SHAPE))
+    return apply_plan_(model, plan), plan
+
+
+def test_densify_is_the_same_function_at_dense_cost(compressed):
+    model, plan = compressed
+    dense = densify(model)
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert float((dense(x) - model(x)).norm() / model(x).norm()) < 1e-5
+    assert flop_counter_macs(dense, (1, *SHAPE)) == plan.dense_macs
+
+
+def test_measure_reports_available_and_unavailable_backends(compressed):
+    pytest.importorskip("onnxruntime")
+    rows = measure(compressed[0], ["eager", "onnxruntime", "cuda-graph", "tensorrt"], SHAPE, [1, 4], iters=3, warmup=1, label="c")
+    by = {(r["backend"], r["batch"]): r for r in rows}
+    for backend in ("eager", "onnxruntime"):
+        for batch in (1, 4):
+            r = by[(backend, batch)]
+            assert r["available"] and r["n"] == 3 and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+    if not torch.cuda.is_available():
+        assert not by[("cuda-graph", 1)]["available"] and "CUDA GPU" in by[("cuda-graph", 1)]["reason"]
+        assert not by[("tensorrt", 1)]["available"]
+
+
+def test_speedups_table_and_plot(tmp_path):
+    rows = [
+        {"model": "dense", "backend": "eager", "batch": 1, "dtype": "float32", "available": True, "median_ms": 10.0,
+         "p90_ms": 11.0, "cv": 0.01, "throughput": 100.0, "flops_reduction": 1.0},
+        {"model": "compressed", "backend": "eager", "batch": 1, "dtype": "float32", "available": True, "median_ms": 4.0,
+         "p90_ms": 4.5, "cv": 0.02, "throughput": 250.0, "flops_reduction": 2.5},
+        {"model": "compressed", "backend": "tensorrt", "batch": 1, "dtype": "float32", "available": False, "reason": "no GPU"},
+    ]
+    add_speedups(rows)
+    assert rows[1]["speedup"] == pytest.approx(2.5) and "speedup" not in rows[2]
+    table = latency_table(rows)
+    assert "| compressed | 2.50x | eager | 1 | float32 | 4.000 |" in table and "unavailable: no GPU" in table
+    plot_speedup(rows, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_bench_cli_writes_json_and_plot(compressed, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    model, plan = compressed
+    ckpt = tmp_path / "c.pt"
+    batude.save(ckpt, model, plan=plan, arch="batude:resnet20", arch_kwargs={"in_channels": 1}, metadata={"input_shape": [1, *SHAPE]})
+    out = tmp_path / "bench"
+    assert main(["bench", str(ckpt), "--backend", "eager,onnxruntime", "--batch", "2", "--compare-dense",
+                 "--iters", "3", "--warmup", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "latency.json").read_text())
+    assert report["env"]["torch"] and report["input_shape"] == list(SHAPE)
+    models = {(r["model"], r["backend"]) for r in report["results"]}
+    assert models == {("dense", "eager"), ("dense", "onnxruntime"), ("compressed", "eager"), ("compressed", "onnxruntime")}
+    compressed_rows = [r for r in report["results"] if r["model"] == "compressed"]
+    assert all(2.52 <= r["flops_reduction"] <= 2.55 and r["speedup"] > 0 for r in compressed_rows)
+    assert (out / "speedup_vs_flops.png").is_file()
+    assert "| compressed |" in capsys.readouterr().out
+
+
+def test_unknown_backend_is_a_usage_error(capsys):
+    assert main(["bench", "batude:resnet20", "--backend", "tpu"]) == 2
+    assert "error:" in capsys.readouterr().err
