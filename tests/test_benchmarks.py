@@ -36,3 +36,19 @@ def test_accuracy_vs_budget_writes_results_and_plot(tmp_path):
     assert results["runs"][0]["bcadl_epoch_vs_plain"] > 0
     assert (tmp_path / "out" / "accuracy_vs_budget.png").stat().st_size > 1000
     assert "| 2x | batude (joint_per_cost) | 1 |" in bench.table(results)
+
+
+def test_latency_vs_flops_writes_results_and_plot(tmp_path):
+    pytest.importorskip("torchvision")
+    bench = _script("latency_vs_flops")
+    assert bench.main(["--models", "resnet18", "--budgets", "2.52x", "--methods", "uniform,batude", "--batches", "1",
+                       "--dtypes", "fp32", "--backends", "eager,cuda-graph", "--iters", "2", "--warmup", "1",
+                       "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "latency_vs_flops.json").read_text())
+    rows = {(r["model"], r["backend"]): r for r in report["results"]}
+    assert set(rows) == {(m, b) for m in ("resnet18 dense", "resnet18 uniform 2.52x", "resnet18 batude 2.52x")
+                         for b in ("eager", "cuda-graph")}
+    for method in ("uniform", "batude"):
+        row = rows[(f"resnet18 {method} 2.52x", "eager")]
+        assert 2.52 <= row["flops_reduction"] <= 2.55 and row["speedup"] > 0
+    assert (tmp_path / "latency_vs_flops.png").stat().st_size > 1000

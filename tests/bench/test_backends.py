@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import batude
-from batude.bench.backends import Backend, measure
+from batude.bench.backends import measure
 from batude.bench.report import add_speedups, latency_table, plot_speedup
 from batude.cli import main
 from batude.models import resnet20
