@@ -45,15 +45,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results += rows
     add_speedups(results)
     print(latency_table(results))
+    layers = _per_layer(args, models, shape, dtype) if args.per_layer else None
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        report = {"env": environment(), "input_shape": list(per_image), "plan": None if plan is None else plan.method, "results": results}
+        report = {"env": environment(), "input_shape": list(per_image), "plan": None if plan is None else plan.method,
+                  "results": results, "layers": layers}
         write_text_atomic(out / "latency.json", json.dumps(report, indent=2) + "\n")
         if any("speedup" in r for r in results):
             plot_speedup(results, out / "speedup_vs_flops.png")
         print(f"wrote {out / 'latency.json'}")
     return 0
+
+
+def _per_layer(args: argparse.Namespace, models: dict, shape: tuple[int, ...], dtype: torch.dtype) -> list[dict]:
+    from batude.bench.layers import profile_layers
+
+    model = models.get("compressed", models.get("model"))
+    rows = profile_layers(model, shape, batch=args.batch[0], dtype=dtype, device=args.device or "cpu",
+                          iters=args.iters, warmup=args.warmup)
+    print(f"\nper layer (eager, batch {args.batch[0]}): median ms and speedup vs the dense conv")
+    print("| layer | ranks | dense | chain | merge_first | merge_last | best |")
+    print("|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["layer"] for r in rows):
+        mine = {r["variant"]: r for r in rows if r["layer"] == name}
+        best = min(mine.values(), key=lambda r: r["median_ms"])
+        cells = " | ".join(f"{mine[v]['median_ms']:.3f} ({mine[v]['speedup_vs_dense']:.2f}x)" for v in ("dense", "chain", "merge_first", "merge_last"))
+        print(f"| {name} | {','.join(map(str, mine['chain']['ranks']))} | {cells} | {best['variant']} |")
+    return rows
 
 
 def _copy(model):
@@ -83,5 +102,6 @@ def register(sub) -> None:
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--device", default=None, help="cpu or cuda for the torch backends (default cpu)")
+    p.add_argument("--per-layer", action="store_true", help="also time each Tucker layer: dense vs every exact chain variant")
     p.add_argument("--out", default=None, help="folder for latency.json and speedup_vs_flops.png")
     p.set_defaults(func=_cmd_bench)

@@ -83,3 +83,27 @@ def test_bench_cli_writes_json_and_plot(compressed, tmp_path, capsys):
 def test_unknown_backend_is_a_usage_error(capsys):
     assert main(["bench", "batude:resnet20", "--backend", "tpu"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_per_layer_profile_times_every_variant_of_every_tucker_layer(compressed):
+    from batude.bench.layers import profile_layers
+    from batude.nn import TuckerConv2d
+
+    model, _ = compressed
+    rows = profile_layers(model, (1, *SHAPE), batch=2, iters=2, warmup=1)
+    tucker = [n for n, m in model.named_modules() if isinstance(m, TuckerConv2d)]
+    assert sorted({r["layer"] for r in rows}) == sorted(tucker)
+    assert {r["variant"] for r in rows} == {"dense", "chain", "merge_first", "merge_last"}
+    first = [r for r in rows if r["layer"] == "layer1.0.conv1"]
+    assert first[0]["variant"] == "dense" and first[0]["speedup_vs_dense"] == 1.0 and first[0]["input_shape"] == [16, 28, 28]
+    dense_macs = first[0]["macs"]
+    assert all(r["macs"] < dense_macs for r in first[1:])  # at 2.52x every variant of this layer is cheaper in MACs
+
+
+def test_bench_cli_per_layer(compressed, tmp_path, capsys):
+    model, plan = compressed
+    ckpt = tmp_path / "c.pt"
+    batude.save(ckpt, model, plan=plan, arch="batude:resnet20", arch_kwargs={"in_channels": 1}, metadata={"input_shape": [1, *SHAPE]})
+    assert main(["bench", str(ckpt), "--per-layer", "--iters", "2", "--warmup", "1", "--out", str(tmp_path / "b")]) == 0
+    assert "| layer1.0.conv1 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "latency.json").read_text())["layers"]

@@ -1,0 +1,61 @@
+"""Per-layer latency profile: each Tucker layer, dense vs every exact chain variant, at the model's shapes.
+
+For a factorised model, :func:`profile_layers` records each ``TuckerConv2d``'s input shape with one
+forward pass, then times the dense conv rebuilt from it and each variant of
+:func:`batude.export.lower.variant_module` on a random input of that shape, so a user sees which
+layers pay for their FLOPs and which do not (and which variant the latency policy should pick).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from batude.bench.timing import time_callable
+from batude.export.lower import Variant, variant_macs, variant_module
+from batude.nn.profile import profile_model
+from batude.nn.tucker_conv import TuckerConv2d
+
+__all__ = ["profile_layers"]
+
+
+def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def recorder(name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:  # returns None: output unchanged
+            shapes.setdefault(name, tuple(args[0].shape[1:]))
+        return hook
+
+    handles = [m.register_forward_hook(recorder(name)) for name, m in model.named_modules() if isinstance(m, TuckerConv2d)]
+    try:
+        profile_model(model, input_shape)  # one forward (and a clear error on a wrong shape)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def profile_layers(model: nn.Module, input_shape: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,
+                   device: str = "cpu", iters: int = 30, warmup: int = 5) -> list[dict]:
+    """Rows ``{layer, variant, macs, median_ms, speedup_vs_dense, ...}`` for every Tucker layer (eager)."""
+    dev = torch.device(device)
+    geometry = {l.name: l.geometry for l in profile_model(model, input_shape).layers}
+    rows = []
+    for name, shape in _input_shapes(model, input_shape).items():
+        layer = model.get_submodule(name)
+        g = geometry[name]
+        x = torch.randn((batch, *shape), device=dev, dtype=dtype)
+        dense_ms = None
+        for variant in (Variant.DENSE, Variant.CHAIN, Variant.MERGE_FIRST, Variant.MERGE_LAST):
+            module = variant_module(layer, variant).eval().to(dev, dtype)
+            stats = time_callable(lambda: module(x), iters=iters, warmup=warmup, device=dev, batch=batch, label=f"{name} {variant.value}")
+            dense_ms = stats.median_ms if variant is Variant.DENSE else dense_ms
+            rows.append({
+                "layer": name, "variant": variant.value, "ranks": list(layer.ranks), "input_shape": list(shape),
+                "macs": variant_macs(variant, g.out_channels, g.in_channels, g.kernel_area, layer.ranks, g.in_positions, g.out_positions),
+                "median_ms": stats.median_ms, "cv": stats.cv, "speedup_vs_dense": dense_ms / stats.median_ms,
+            })
+    return rows
