@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from batude._version import __version__
-from batude.cli import bench_cmd, model_cmds, train_cmds
+from batude.cli import bench_cmd, lut_cmd, model_cmds, train_cmds
 from batude.cli.export_cmd import build_export_parser, export_main
 from batude.cli._common import Parser, ProgressBar, budget_arg, run
 from batude.rank.budget import Budget
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.register(sub)
     train_cmds.register(sub)
     bench_cmd.register(sub)
+    lut_cmd.register(sub)
     p = sub.add_parser("demo", help="the quick-start job: Fashion-MNIST ResNet-20, train -> BATUDE vs uniform -> report")
     p.add_argument("--budget", type=budget_arg, default=Budget.parse("2.52x"))
     p.add_argument("--full", action="store_true", help="the full schedule (all data, 30 + 10 + 10 epochs; for a GPU)")

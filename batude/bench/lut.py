@@ -1,0 +1,227 @@
+"""Latency lookup tables: measured per-layer latency on a rank grid, for latency-aware rank choice.
+
+``LatencyTable.build`` times, for every eligible layer of a dense model at its real input shape,
+the dense layer and each exact form of its factorisation (Tucker-2: chain, merge_first,
+merge_last; 1x1/Linear: the two-layer product) on a grid of aligned ranks, plus the rest of the
+model (whole dense latency minus its eligible layers). ``predict`` interpolates bilinearly between
+grid points (clamped at the grid's ends). A table is keyed by device, torch version, dtype, batch
+and backend, and refuses to be used elsewhere. ``validate`` compares its prediction for a plan
+with the measured latency of the factorised model.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from batude._io import write_text_atomic
+from batude.bench.env import environment
+from batude.bench.timing import time_callable
+from batude.errors import BatudeError
+from batude.export.lower import Variant, variant_module
+from batude.functional.cost import LayerKind, max_ranks
+from batude.nn.decompose import Init, decompose_module
+from batude.rank.plan import RankPlan, apply_plan_
+from batude.rank.problem import RankProblem, SelectorConfig, rank_grid
+
+__all__ = ["LatencyTable", "table_key"]
+
+FORMAT, VERSION = "batude-latency-table", 1
+_TUCKER_VARIANTS = (Variant.CHAIN, Variant.MERGE_FIRST, Variant.MERGE_LAST)
+
+
+def table_key(device: torch.device, dtype: torch.dtype, batch: int, backend: str = "eager") -> dict[str, Any]:
+    env = environment()
+    where = env.get("gpu") if device.type == "cuda" else env.get("cpu")
+    return {"device": device.type, "hardware": where, "torch": env["torch"], "dtype": str(dtype).replace("torch.", ""),
+            "batch": int(batch), "backend": backend}
+
+
+def _grid(full: int, points: int, multiple_of: int) -> list[int]:
+    allowed = rank_grid(full, 1, multiple_of)
+    if len(allowed) <= points:
+        return list(allowed)
+    picks = {allowed[round(i * (len(allowed) - 1) / (points - 1))] for i in range(points)}
+    return sorted(picks)
+
+
+def _interp(grid: Sequence[int], value: float) -> tuple[int, int, float]:
+    """Indices (lo, hi) and weight of ``value`` on ``grid`` (clamped)."""
+    if value <= grid[0]:
+        return 0, 0, 0.0
+    if value >= grid[-1]:
+        return len(grid) - 1, len(grid) - 1, 0.0
+    hi = bisect.bisect_left(grid, value)
+    lo = hi - 1
+    return lo, hi, (value - grid[lo]) / (grid[hi] - grid[lo])
+
+
+@dataclass
+class LayerTable:
+    name: str
+    kind: str
+    dense_ms: float
+    grids: list[list[int]]  # one grid per mode
+    ms: dict[str, list]  # variant -> latencies: [r1][r2] for Tucker-2, [r] for low-rank
+
+    def predict(self, ranks: Sequence[int], variant: str) -> float:
+        table = self.ms[variant]
+        if len(self.grids) == 1:
+            lo, hi, w = _interp(self.grids[0], ranks[0])
+            return (1 - w) * table[lo] + w * table[hi]
+        (a0, a1, wa), (b0, b1, wb) = _interp(self.grids[0], ranks[0]), _interp(self.grids[1], ranks[1])
+        return ((1 - wa) * ((1 - wb) * table[a0][b0] + wb * table[a0][b1])
+                + wa * ((1 - wb) * table[a1][b0] + wb * table[a1][b1]))
+
+    def best(self, ranks: Sequence[int]) -> tuple[str, float]:
+        """Fastest form at ``ranks`` (a factorised variant, or ``dense``)."""
+        options = {v: self.predict(ranks, v) for v in self.ms}
+        options["dense"] = self.dense_ms
+        name = min(options, key=options.get)
+        return name, options[name]
+
+
+@dataclass
+class LatencyTable:
+    key: dict[str, Any]
+    input_shape: list[int]
+    model_ms: float  # whole dense model
+    other_ms: float  # model_ms minus the eligible layers' dense latencies
+    layers: dict[str, LayerTable] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model: nn.Module, input_shape: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,
+              device: str = "cpu", points: int = 4, multiple_of: int = 8, iters: int = 20, warmup: int = 3) -> "LatencyTable":
+        """Measure a table for ``model`` (dense) at per-image ``input_shape`` (C, H, W)."""
+        dev = torch.device(device)
+        model = model.eval().to(dev, dtype)
+        quiet = logging.getLogger("batude.bench.timing")  # hundreds of tiny timings: no per-cell CV warnings
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            return cls._build(model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup)
+        finally:
+            quiet.setLevel(level)
+
+    @classmethod
+    def _build(cls, model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup) -> "LatencyTable":
+        problem = RankProblem.from_model(model, (1, *input_shape), config=SelectorConfig(multiple_of=1))
+        inputs = _layer_inputs(model, (1, *input_shape), [c.name for c in problem.candidates])
+        time = lambda fn, label: time_callable(fn, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms  # noqa: E731
+        x = torch.randn((batch, *input_shape), device=dev, dtype=dtype)
+        model_ms = time(lambda: model(x), "model")
+        layers = {}
+        for cand in problem.candidates:
+            xi = torch.randn((batch, *inputs[cand.name]), device=dev, dtype=dtype)
+            dense_ms = time(lambda m=cand.module: m(xi), cand.name)
+            grids = [_grid(full, points, multiple_of) for full in max_ranks(cand.layer.kind, cand.layer.geometry)]
+            layers[cand.name] = LayerTable(cand.name, cand.layer.kind.value, dense_ms, grids,
+                                           _measure_grid(cand, grids, xi, time))
+        other = model_ms - sum(t.dense_ms for t in layers.values())
+        return cls(table_key(dev, dtype, batch), list(input_shape), model_ms, other, layers)
+
+    def check(self, device: str, dtype: torch.dtype, batch: int, backend: str = "eager") -> None:
+        """Refuse to be used on another device, torch, dtype, batch or backend."""
+        here = table_key(torch.device(device), dtype, batch, backend)
+        diff = [f"{k}: table {self.key.get(k)!r}, here {v!r}" for k, v in here.items() if self.key.get(k) != v]
+        if diff:
+            raise BatudeError(f"latency table was measured elsewhere ({'; '.join(diff)}); build one here with `batude lut build`")
+
+    def predict(self, plan: RankPlan) -> tuple[float, dict[str, str]]:
+        """Predicted model latency (ms) for ``plan`` with each layer's fastest form; and those forms."""
+        total, forms = self.other_ms, {}
+        for layer in plan.layers:
+            table = self.layers.get(layer.name)
+            if table is None:
+                raise BatudeError(f"the latency table has no layer '{layer.name}'; it was built for another model")
+            if layer.ranks is None:
+                total += table.dense_ms
+                forms[layer.name] = "dense"
+            else:
+                forms[layer.name], ms = table.best(layer.ranks)
+                total += ms
+        return total, forms
+
+    def validate(self, model: nn.Module, plan: RankPlan, iters: int = 20, warmup: int = 3) -> dict[str, float]:
+        """Predicted vs measured latency of ``model`` factorised by ``plan`` (chain forms where the table prefers them)."""
+        import copy
+
+        dev = torch.device(self.key["device"])
+        dtype = getattr(torch, self.key["dtype"])
+        predicted, forms = self.predict(plan)
+        compressed = apply_plan_(copy.deepcopy(model), plan, init=Init.EMPTY).eval()
+        for name, form in forms.items():
+            module = compressed.get_submodule(name)
+            parent, _, child = name.rpartition(".")
+            if form == "dense" and plan.layer(name).ranks is not None:
+                setattr(compressed.get_submodule(parent), child, module.to_linear() if hasattr(module, "to_linear") else module.to_conv())
+            elif form in {v.value for v in _TUCKER_VARIANTS}:
+                setattr(compressed.get_submodule(parent), child, variant_module(module, form))
+        compressed = compressed.to(dev, dtype)
+        x = torch.randn((self.key["batch"], *self.input_shape), device=dev, dtype=dtype)
+        measured = time_callable(lambda: compressed(x), iters=iters, warmup=warmup, device=dev).median_ms
+        return {"predicted_ms": predicted, "measured_ms": measured, "error": abs(predicted - measured) / measured}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "key": self.key, "input_shape": self.input_shape,
+                "model_ms": self.model_ms, "other_ms": self.other_ms,
+                "layers": {n: vars(t) for n, t in self.layers.items()}}
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BatudeError(f"cannot read latency table {path} ({type(err).__name__}); rebuild it with `batude lut build`") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
+            raise BatudeError(f"{path} is not a batude latency table of version {VERSION}; rebuild it with `batude lut build`")
+        layers = {n: LayerTable(**t) for n, t in d["layers"].items()}
+        return cls(d["key"], d["input_shape"], d["model_ms"], d["other_ms"], layers)
+
+
+def _layer_inputs(model: nn.Module, shape: tuple[int, ...], names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def recorder(name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen.setdefault(name, tuple(args[0].shape[1:]))
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(recorder(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(shape, device=next(model.parameters()).device, dtype=next(model.parameters()).dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _measure_grid(cand, grids: list[list[int]], x: torch.Tensor, time) -> dict[str, list]:
+    kind = LayerKind(cand.layer.kind)
+    if kind is not LayerKind.TUCKER2:
+        row = []
+        for r in grids[0]:
+            layer = decompose_module(cand.module, kind, (r,), name=cand.name, init=Init.EMPTY).eval().to(x.device, x.dtype)
+            row.append(time(lambda m=layer: m(x), f"{cand.name} r{r}"))
+        return {"chain": row}
+    tables: dict[str, list] = {v.value: [] for v in _TUCKER_VARIANTS}
+    for r1 in grids[0]:
+        rows = {v.value: [] for v in _TUCKER_VARIANTS}
+        for r2 in grids[1]:
+            layer = decompose_module(cand.module, kind, (r1, r2), name=cand.name, init=Init.EMPTY)
+            for v in _TUCKER_VARIANTS:
+                module = variant_module(layer, v).eval().to(x.device, x.dtype)
+                rows[v.value].append(time(lambda m=module: m(x), f"{cand.name} {v.value} {r1},{r2}"))
+        for v in _TUCKER_VARIANTS:
+            tables[v.value].append(rows[v.value])
+    return tables

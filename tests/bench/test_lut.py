@@ -1,0 +1,78 @@
+"""Latency lookup tables: interpolation, keying and refusal, JSON round trip, prediction vs measurement."""
+
+import json
+
+import pytest
+import torch
+
+from batude.bench.lut import LatencyTable, LayerTable, _grid
+from batude.cli import main
+from batude.errors import BatudeError
+from batude.models import resnet20
+from batude.rank import select_ranks
+
+
+def test_bilinear_interpolation_is_exact_at_grid_points_and_linear_between():
+    t = LayerTable("l", "tucker2", 6.0, [[8, 16], [8, 24]], {"chain": [[1.0, 3.0], [5.0, 7.0]]})
+    assert t.predict((8, 8), "chain") == 1.0 and t.predict((16, 24), "chain") == 7.0
+    assert t.predict((12, 8), "chain") == pytest.approx(3.0)  # halfway in R1
+    assert t.predict((12, 16), "chain") == pytest.approx(4.0)  # centre
+    assert t.predict((4, 100), "chain") == 3.0  # clamped at the grid's ends
+    low = LayerTable("f", "lowrank_linear", 2.0, [[8, 16]], {"chain": [1.0, 2.0]})
+    assert low.predict((12,), "chain") == pytest.approx(1.5)
+    assert low.best((8,)) == ("chain", 1.0)
+    assert t.best((8, 8)) == ("chain", 1.0) and t.best((16, 24)) == ("dense", 6.0)  # keep dense when a chain is slower
+
+
+def test_grid_is_aligned_and_ends_at_full_rank():
+    assert _grid(64, 4, 8) == [8, 24, 48, 64]
+    assert _grid(10, 4, 16) == [10]
+
+
+@pytest.fixture(scope="module")
+def table():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1).eval()
+    return model, LatencyTable.build(model, (1, 28, 28), batch=4, iters=3, warmup=1, points=3)
+
+
+def test_build_covers_every_eligible_layer_and_round_trips(table, tmp_path):
+    model, lut = table
+    plan = select_ranks(model, "2x", "uniform", input_shape=(1, 1, 28, 28))
+    assert set(lut.layers) == {l.name for l in plan.layers}
+    assert lut.model_ms > 0 and all(t.dense_ms > 0 for t in lut.layers.values())
+    lut.save(tmp_path / "lut.json")
+    again = LatencyTable.load(tmp_path / "lut.json")
+    assert again.predict(plan) == lut.predict(plan)
+
+
+def test_refuses_other_settings_and_other_models(table, tmp_path):
+    model, lut = table
+    lut.check("cpu", torch.float32, 4)
+    with pytest.raises(BatudeError, match="batch"):
+        lut.check("cpu", torch.float32, 64)
+    with pytest.raises(BatudeError, match="dtype"):
+        lut.check("cpu", torch.float16, 4)
+    other = select_ranks(resnet20(in_channels=3), "2x", "uniform", input_shape=(1, 3, 32, 32))
+    renamed = other.layers[0].__class__(**{**vars(other.layers[0]), "name": "nope"})
+    with pytest.raises(BatudeError, match="no layer 'nope'"):
+        lut.predict(other.__class__(**{**vars(other), "layers": (renamed,)}))
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "x"}))
+    with pytest.raises(BatudeError, match="not a batude latency table"):
+        LatencyTable.load(tmp_path / "bad.json")
+
+
+def test_validate_reports_prediction_error(table):
+    model, lut = table
+    plan = select_ranks(model, "3x", "uniform", input_shape=(1, 1, 28, 28))
+    result = lut.validate(model, plan, iters=5)
+    assert result["predicted_ms"] > 0 and result["measured_ms"] > 0
+    assert result["error"] == pytest.approx(abs(result["predicted_ms"] - result["measured_ms"]) / result["measured_ms"])
+
+
+def test_lut_cli_build_and_validate(tmp_path, capsys):
+    plan = select_ranks(resnet20(), "2x", "uniform", input_shape=(1, 3, 32, 32))
+    plan.save(tmp_path / "p.json")
+    assert main(["lut", "build", "batude:resnet20", "--batch", "2", "--points", "2", "--iters", "2", "--out", str(tmp_path / "l.json")]) == 0
+    assert main(["lut", "validate", str(tmp_path / "l.json"), "batude:resnet20", "--plan", str(tmp_path / "p.json"), "--iters", "3"]) == 0
+    assert "predicted" in capsys.readouterr().out
