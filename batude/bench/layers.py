@@ -18,10 +18,11 @@ from batude.export.lower import Variant, variant_macs, variant_module
 from batude.nn.profile import profile_model
 from batude.nn.tucker_conv import TuckerConv2d
 
-__all__ = ["profile_layers"]
+__all__ = ["layer_input_shapes", "profile_layers"]
 
 
-def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+def layer_input_shapes(model: nn.Module, input_shape: Sequence[int], names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Per-image input shape of each named module, from one forward pass on ``input_shape``."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def recorder(name: str):
@@ -29,7 +30,7 @@ def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tup
             shapes.setdefault(name, tuple(args[0].shape[1:]))
         return hook
 
-    handles = [m.register_forward_hook(recorder(name)) for name, m in model.named_modules() if isinstance(m, TuckerConv2d)]
+    handles = [model.get_submodule(n).register_forward_hook(recorder(n)) for n in names]
     try:
         profile_model(model, input_shape)  # one forward (and a clear error on a wrong shape)
     finally:
@@ -44,7 +45,8 @@ def profile_layers(model: nn.Module, input_shape: Sequence[int], batch: int = 1,
     dev = torch.device(device)
     geometry = {l.name: l.geometry for l in profile_model(model, input_shape).layers}
     rows = []
-    for name, shape in _input_shapes(model, input_shape).items():
+    tucker = [name for name, m in model.named_modules() if isinstance(m, TuckerConv2d)]
+    for name, shape in layer_input_shapes(model, input_shape, tucker).items():
         layer = model.get_submodule(name)
         g = geometry[name]
         x = torch.randn((batch, *shape), device=dev, dtype=dtype)

@@ -23,6 +23,7 @@ from torch import nn
 
 from batude._io import write_text_atomic
 from batude.bench.env import environment
+from batude.bench.layers import layer_input_shapes
 from batude.bench.timing import time_callable
 from batude.errors import BatudeError
 from batude.export.lower import Variant, variant_module
@@ -112,7 +113,7 @@ class LatencyTable:
     @classmethod
     def _build(cls, model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup) -> "LatencyTable":
         problem = RankProblem.from_model(model, (1, *input_shape), config=SelectorConfig(multiple_of=1))
-        inputs = _layer_inputs(model, (1, *input_shape), [c.name for c in problem.candidates])
+        inputs = layer_input_shapes(model, (1, *input_shape), [c.name for c in problem.candidates])
         time = lambda fn, label: time_callable(fn, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms  # noqa: E731
         x = torch.randn((batch, *input_shape), device=dev, dtype=dtype)
         model_ms = time(lambda: model(x), "model")
@@ -186,24 +187,6 @@ class LatencyTable:
             raise BatudeError(f"{path} is not a batude latency table of version {VERSION}; rebuild it with `batude lut build`")
         layers = {n: LayerTable(**t) for n, t in d["layers"].items()}
         return cls(d["key"], d["input_shape"], d["model_ms"], d["other_ms"], layers)
-
-
-def _layer_inputs(model: nn.Module, shape: tuple[int, ...], names: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    seen: dict[str, tuple[int, ...]] = {}
-
-    def recorder(name: str):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            seen.setdefault(name, tuple(args[0].shape[1:]))
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(recorder(n)) for n in names]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(shape, device=next(model.parameters()).device, dtype=next(model.parameters()).dtype))
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
 
 
 def _measure_grid(cand, grids: list[list[int]], x: torch.Tensor, time) -> dict[str, list]:
