@@ -16,10 +16,19 @@ pytest.importorskip("onnxscript")
 torchvision = pytest.importorskip("torchvision")
 
 
+def _calibrated(model, shape):
+    """Random-init torchvision models output ~constants in eval mode; real BN statistics fix that."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, *shape[1:]))
+    return model.eval()
+
+
 def _compressed(model, budget, shape):
     model.eval()
     apply_plan_(model, select_ranks(model, budget, "uniform", input_shape=shape), init="empty")
-    return model
+    return _calibrated(model, shape)
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
@@ -29,7 +38,7 @@ def test_resnet20_both_exporters_both_batch_modes(tmp_path, dynamo, dynamic):
     model = _compressed(resnet20(in_channels=1), "2.52x", (1, 1, 28, 28))
     gm, _ = lower(model, (1, 1, 28, 28), "chain")
     report = onnx_from_module(gm, (2, 1, 28, 28), tmp_path / "m.onnx", dynamo=dynamo, dynamic_batch=dynamic)
-    assert report.rel_error <= 1e-4 and report.tolerance == 1e-4
+    assert report.rel_error <= 1e-4 and report.tolerance == 1e-4 and report.output_spread > 1e-3
     n_tucker = sum(isinstance(m, TuckerConv2d) for m in model.modules())
     n_conv = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     assert report.op_counts["Conv"] == n_conv and n_conv > 3 * n_tucker - 1  # every chain is 3 plain Convs
@@ -48,8 +57,10 @@ def test_torchvision_models(tmp_path, name, budget, dynamo, dynamic):
     torch.manual_seed(0)
     model = _compressed(torchvision.models.get_model(name), budget, (1, 3, 224, 224))
     gm, variants = lower(model, (1, 3, 224, 224), "min-flops")
-    report = onnx_from_module(gm, (1, 3, 224, 224), tmp_path / "m.onnx", dynamo=dynamo, dynamic_batch=dynamic)
+    report = onnx_from_module(gm, (2, 3, 224, 224), tmp_path / "m.onnx", dynamo=dynamo, dynamic_batch=dynamic)
     assert report.rel_error <= 1e-4
+    if name != "mobilenet_v2":  # random-init MobileNetV2 saturates its ReLU6s: a near-constant output
+        assert report.output_spread > 1e-3  # the comparison is meaningful: outputs vary with the input
     assert report.op_counts["Conv"] == sum(isinstance(m, nn.Conv2d) for m in gm.modules())
     if name == "mobilenet_v2":  # depthwise convs stay dense: still grouped Convs in the graph
         assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in gm.modules())
