@@ -112,9 +112,9 @@ def _export(out: Path, results: dict, shape: tuple[int, ...], emit: Callable[[st
     """Export the BATUDE model like ``batude-export out/batude.pt --out out/export`` and check it."""
     from batude.export.pipeline import ExportOptions, export_model
 
-    model = load_checkpoint(out / "batude.pt").model
+    ckpt = load_checkpoint(out / "batude.pt")
     options = ExportOptions(input_shape=tuple(shape[1:]), batches=(1, 64))
-    report = export_model(model, out / "export", options, plan=load_checkpoint(out / "batude.pt").plan)
+    report = export_model(ckpt.model, out / "export", options, plan=ckpt.plan)
     onnx = report["onnx"]
     emit(f"[4/4] exported the BATUDE model to {out / 'export' / 'model.onnx'}: {onnx['op_counts'].get('Conv', 0)} Conv "
          f"nodes, onnxruntime vs PyTorch relative error {onnx['rel_error']:.1e} (limit {onnx['tolerance']:g})")

@@ -28,7 +28,7 @@ from batude.bench.timing import time_callable
 from batude.errors import BatudeError
 from batude.export.lower import Variant, variant_module
 from batude.functional.cost import LayerKind, max_ranks
-from batude.nn.decompose import Init, decompose_module
+from batude.nn.decompose import Init, decompose_module, dense_equivalent
 from batude.rank.plan import RankPlan, apply_plan_
 from batude.rank.problem import RankProblem, SelectorConfig, rank_grid
 
@@ -161,7 +161,7 @@ class LatencyTable:
             module = compressed.get_submodule(name)
             parent, _, child = name.rpartition(".")
             if form == "dense" and plan.layer(name).ranks is not None:
-                setattr(compressed.get_submodule(parent), child, module.to_linear() if hasattr(module, "to_linear") else module.to_conv())
+                setattr(compressed.get_submodule(parent), child, dense_equivalent(module))
             elif form in {v.value for v in _TUCKER_VARIANTS}:
                 setattr(compressed.get_submodule(parent), child, variant_module(module, form))
         compressed = compressed.to(dev, dtype)

@@ -11,7 +11,7 @@ from batude.functional.cost import LayerKind
 from batude.nn.lowrank import LowRankConv1x1, LowRankLinear
 from batude.nn.tucker_conv import TuckerConv2d
 
-__all__ = ["Init", "DECOMPOSED_TYPES", "kind_of", "decomposed_kind", "decompose_module", "densify"]
+__all__ = ["Init", "DECOMPOSED_TYPES", "kind_of", "decomposed_kind", "decompose_module", "densify", "dense_equivalent"]
 
 DECOMPOSED_TYPES = (TuckerConv2d, LowRankConv1x1, LowRankLinear)
 
@@ -93,6 +93,10 @@ def densify(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, DECOMPOSED_TYPES):
             parent_name, _, child = name.rpartition(".")
-            dense = module.to_linear() if isinstance(module, LowRankLinear) else module.to_conv()
-            setattr(model.get_submodule(parent_name), child, dense)
+            setattr(model.get_submodule(parent_name), child, dense_equivalent(module))
     return model
+
+
+def dense_equivalent(module: nn.Module) -> nn.Module:
+    """The dense ``nn.Conv2d`` / ``nn.Linear`` a factorised layer computes."""
+    return module.to_linear() if isinstance(module, LowRankLinear) else module.to_conv()

@@ -29,7 +29,7 @@ from torch import nn
 
 from batude.errors import BatudeError
 from batude.functional.cost import LayerKind
-from batude.functional.tucker import svt
+from batude.functional.tucker import svt, unfold
 from batude.rank.budget import Budget
 from batude.rank.filter import LayerFilter
 from batude.rank.greedy import Score, budgeted_ranks, fill_to_budget, step_value
@@ -94,13 +94,6 @@ class BCADLConfig:
         }
 
 
-def _unfold(weight: torch.Tensor, kind: LayerKind, mode: int) -> torch.Tensor:
-    """Channel-mode unfolding as a differentiable view/copy of ``weight``."""
-    if kind is LayerKind.TUCKER2 and mode == 1:
-        return weight.transpose(0, 1).reshape(weight.shape[1], -1)
-    return weight.reshape(weight.shape[0], -1)
-
-
 @dataclass
 class _Split:
     """Z (split variable) and U (scaled dual) of one unfolding, plus its last spectrum."""
@@ -129,7 +122,7 @@ class BCADL:
             w = cand.module.weight.detach()
             alphas = self.config.alpha if cand.layer.kind is LayerKind.TUCKER2 else (1.0,)
             self.splits.append([
-                _Split(_unfold(w, cand.layer.kind, n).clone(), torch.zeros_like(_unfold(w, cand.layer.kind, n)), a)
+                _Split(unfold(w, n).clone(), torch.zeros_like(unfold(w, n)), a)
                 for n, a in enumerate(alphas)
             ])
         self.ranks: list[tuple[int, ...]] = []
@@ -143,7 +136,7 @@ class BCADL:
         terms = []
         for cand, w, splits in zip(self.problem.candidates, self._weights(), self.splits):
             for n, sp in enumerate(splits):
-                terms.append((_unfold(w, cand.layer.kind, n) - sp.z + sp.u).square().sum())
+                terms.append((unfold(w, n) - sp.z + sp.u).square().sum())
         return 0.5 * self.rho * torch.stack(terms).sum()
 
     def step(self) -> bool:
@@ -163,7 +156,7 @@ class BCADL:
         for cand, w, splits in zip(self.problem.candidates, self._weights(), self.splits):
             per = []
             for n, sp in enumerate(splits):
-                m = _unfold(w.detach(), cand.layer.kind, n) + sp.u
+                m = unfold(w.detach(), n) + sp.u
                 p, s, qh = torch.linalg.svd(m.float(), full_matrices=False)
                 sp.sigma = s.detach().to("cpu", torch.float64)
                 per.append((p, s, qh))
@@ -183,7 +176,7 @@ class BCADL:
         gap = 0.0
         for cand, w, splits in zip(self.problem.candidates, self._weights(), self.splits):
             for n, sp in enumerate(splits):
-                residual = _unfold(w.detach(), cand.layer.kind, n) - sp.z
+                residual = unfold(w.detach(), n) - sp.z
                 sp.u += residual
                 gap += float(residual.square().sum())
         new_rho = min(self.rho * self.config.rho_growth, self.config.rho_max)

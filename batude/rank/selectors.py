@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from batude.functional.cost import LayerKind
 from batude.errors import BatudeError
 from batude.functional.tucker import spectrum, unfold
 from batude.functional.vbmf import evbmf
@@ -42,9 +41,7 @@ class Method(str, enum.Enum):
 def _unfoldings(cand: Candidate) -> list[torch.Tensor]:
     """Each mode's unfolding (Tucker: W(1), W(2); low-rank: the ``(S, C)`` matrix), float64 CPU."""
     weight = cand.module.weight.detach().to("cpu", torch.float64)
-    if cand.layer.kind is LayerKind.TUCKER2:
-        return [unfold(weight, 0), unfold(weight, 1)]
-    return [weight.reshape(weight.shape[0], -1)]
+    return [unfold(weight, mode) for mode in range(cand.layer.kind.n_ranks)]
 
 
 def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limit: float) -> tuple[float, list[Ranks]]:

@@ -11,18 +11,15 @@ import batude
 from batude import runtime
 from batude.cli import export_main
 from batude.models import resnet20
-from batude.rank import apply_plan_, select_ranks
+from batude.rank import select_ranks
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
 @pytest.fixture(scope="module")
-def compressed_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = resnet20(in_channels=1).eval()
-    plan = select_ranks(model, "2.52x", "uniform", input_shape=(1, 1, 28, 28))
-    apply_plan_(model, plan)
+def compressed_ckpt(tmp_path_factory, compressed_resnet20):
+    model, plan = compressed_resnet20
     path = tmp_path_factory.mktemp("ckpt") / "compressed.pt"
     batude.save(path, model, plan=plan, arch="batude:resnet20", arch_kwargs={"in_channels": 1},
                 metadata={"input_shape": [1, 1, 28, 28]})

@@ -8,18 +8,14 @@ from batude.errors import BatudeError
 from batude.export.lower import lower
 from batude.export.onnx_export import onnx_from_module
 from batude.export.triton import TensorSpec, config_pbtxt, validate_config, write_triton_model
-from batude.models import resnet20
-from batude.rank import apply_plan_, select_ranks
 
 pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    model = resnet20(in_channels=1).eval()
-    apply_plan_(model, select_ranks(model, "2.52x", "uniform", input_shape=(1, 1, 28, 28)))
+def exported(tmp_path_factory, compressed_resnet20):
+    model, _ = compressed_resnet20
     gm, _ = lower(model, (1, 1, 28, 28))
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     onnx_from_module(gm, (4, 1, 28, 28), path, dynamic_batch=True)
