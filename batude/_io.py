@@ -10,16 +10,68 @@ from typing import Iterator
 
 from batude.errors import BatudeError
 
-__all__ = ["atomic_path", "check_parent", "write_text_atomic"]
+__all__ = ["atomic_path", "check_out_dir", "check_parent", "inside", "output_dir", "write_text_atomic"]
 
 
 def check_parent(path: str | os.PathLike) -> Path:
     """The folder ``path`` will be written into; raises when it does not exist."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise BatudeError(f"cannot write {target}: {folder} is a file, not a folder; choose another output path")
     if not folder.is_dir():
         raise BatudeError(f"cannot write {target}: folder {folder} does not exist; create it first")
     return folder
+
+
+def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """An output folder that exists or can be created (checked without creating it, before long work).
+
+    ``option`` names the command-line option the folder came from, for the message.
+    """
+    folder = Path(path)
+    if folder.exists():
+        if not folder.is_dir():
+            raise BatudeError(f"output folder {folder} is a file; give a folder with {option}")
+        return folder
+    ancestor = next((p for p in folder.absolute().parents if p.exists()), None)
+    if ancestor is None or not ancestor.is_dir():
+        raise BatudeError(f"cannot create output folder {folder}: {ancestor} is a file; choose another {option}")
+    return folder
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Create folder ``path`` (with parents) for the body; if the body fails, a folder created here is removed again when still empty."""
+    folder = Path(path)
+    existed = folder.is_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BatudeError(f"cannot create output folder {folder}: {err.strerror}; choose another --out") from None
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def inside(folder: str | os.PathLike, name: str | os.PathLike) -> Path:
+    """``folder / name`` for a ``name`` taken from a file or from user data, guaranteed to stay in ``folder``.
+
+    Raises :class:`BatudeError` for an empty or absolute name, a ``..`` component, or a path that
+    resolves (through symlinks) to ``folder`` itself or outside it. Returns the joined path, unresolved.
+    """
+    text = os.fspath(name)
+    parts = Path(text).parts
+    if not text or not parts or Path(text).is_absolute() or ".." in parts or "\0" in text:
+        raise BatudeError(f"{text!r} is not a relative name inside {folder}; use a plain name without '/' at the start or '..'")
+    target = Path(folder) / text
+    base, resolved = Path(folder).resolve(), target.resolve()
+    if base not in resolved.parents:
+        raise BatudeError(f"{text!r} leads to {resolved}, outside {folder} (a symbolic link?); remove the link or choose another name")
+    return target
 
 
 @contextlib.contextmanager
@@ -38,7 +90,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise BatudeError(f"cannot write {target}: {err.strerror}; choose a writable output path") from None
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as err:  # name the file the caller asked for, not the temporary
+            if err.filename in (None, tmp, str(tmp)):
+                err.filename = str(target)
+            raise
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         try:
             os.replace(tmp, target)

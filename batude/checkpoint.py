@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -90,12 +91,27 @@ def save(
         torch.save(payload, tmp)
 
 
+def _check_zip(path: Path) -> None:
+    """torch's zip reader does not verify CRCs: a file damaged inside its tensor data would load silently."""
+    if not zipfile.is_zipfile(path):
+        return  # not a zip (legacy format, or truncated): torch.load reports it
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        bad = f"({type(err).__name__})"
+    if bad is not None:
+        raise BatudeError(f"{path} is corrupt: {bad} fails its checksum; copy the file again or re-save the model")
+
+
 def _read(path: Path, trust_pickle: bool) -> Any:
+    _check_zip(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):
-            raise BatudeError(f"{path} is not a readable checkpoint (bad pickle data); it may be truncated or corrupt") from None
+            raise BatudeError(f"{path} is not a readable checkpoint (bad pickle data); it may be truncated or corrupt, "
+                              "copy it again or re-save the model") from None
         if not trust_pickle:
             raise BatudeError(
                 f"{path} contains pickled Python objects (e.g. a whole model saved with "
@@ -103,7 +119,8 @@ def _read(path: Path, trust_pickle: bool) -> Any:
                 "pass trust_pickle=True (CLI: --trust-pickle), or re-save it with batude.save"
             ) from None
     except Exception as err:  # noqa: BLE001 - torch's readers raise many types for corrupt files
-        raise BatudeError(f"{path} is not a readable checkpoint ({type(err).__name__}); it may be truncated or corrupt") from None
+        raise BatudeError(f"{path} is not a readable checkpoint ({type(err).__name__}); it may be truncated or corrupt, "
+                          "copy it again or re-save the model") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure of an untrusted unpickle is a bad file
@@ -131,6 +148,7 @@ def _weights_only_everywhere(enabled: bool) -> Iterator[None]:
 
 def _load_exported(path: Path, trust_pickle: bool) -> nn.Module:
     quiet = logging.getLogger("torch.export")  # it logs a traceback before re-raising
+    _check_zip(path)
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
@@ -152,7 +170,8 @@ def _check_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
         if not isinstance(tensor, torch.Tensor):
             raise BatudeError(f"{path}: state_dict entry '{name}' is a {type(tensor).__name__}, not a tensor")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise BatudeError(f"{path}: '{name}' contains NaN or Inf; the checkpoint is corrupt or training diverged")
+            raise BatudeError(f"{path}: '{name}' contains NaN or Inf; the checkpoint is corrupt or training diverged, "
+                              "use an earlier checkpoint or retrain with a lower learning rate")
 
 
 def _build(arch: ArchRef | None, plan: RankPlan | None, state_dict: dict, trusted: bool, path: Path) -> nn.Module:
@@ -193,9 +212,12 @@ def load_checkpoint(
     """
     p = Path(path)
     if not p.is_file():
-        raise BatudeError(f"checkpoint {p} not found")
+        raise BatudeError(f"checkpoint {p} not found; check the path (or name an architecture such as batude:resnet20)")
     if p.stat().st_size == 0:
-        raise BatudeError(f"checkpoint {p} is empty (0 bytes); it was not written completely")
+        raise BatudeError(f"checkpoint {p} is empty (0 bytes); it was not written completely, save or copy it again")
+    if p.suffix in (".onnx", ".plan", ".engine"):
+        raise BatudeError(f"{p} is an exported model, not a checkpoint; pass the batude checkpoint it came from "
+                          "(or run it with batude.runtime.load)")
     ref = _as_arch(arch, arch_kwargs)
     if p.suffix == ".pt2":
         return Checkpoint(_load_exported(p, trust_pickle), metadata={"format": "torch.export"})
@@ -207,7 +229,8 @@ def load_checkpoint(
     if obj.get("format") != FORMAT:
         return Checkpoint(_build(ref, None, obj, True, p), arch=ref, metadata={"format": "state_dict"})
     if obj.get("version") != VERSION:
-        raise BatudeError(f"{p} has checkpoint format version {obj.get('version')!r}; this batude reads version {VERSION}")
+        raise BatudeError(f"{p} has checkpoint format version {obj.get('version')!r}; this batude reads version {VERSION}, "
+                          "use the batude that wrote it (or re-save the model with this one)")
     plan = None if obj.get("plan") is None else RankPlan.from_dict(obj["plan"])
     file_arch = None if obj.get("arch") is None else ArchRef.from_dict(obj["arch"])
     if ref is not None and file_arch is not None and ref.ref == file_arch.ref and not ref.kwargs:

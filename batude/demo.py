@@ -63,11 +63,11 @@ def run_demo(out: Path, budget: Budget | str = "2.52x", schedule: DemoSchedule =
     if budget.metric is not Metric.MACS:
         raise BatudeError(f"the demo compares FLOPs; give a FLOPs budget such as 2.52x, not {budget}")
     sched = schedule
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     note = {SMALL: "small CPU demo; --full for the full schedule", FULL: "full"}.get(sched, "custom")
     emit(f"schedule ({note}): {sched.describe()}")
     train, test, info = load_datasets(DataSpec("fashion-mnist", root=data_dir, subset=sched.subset))
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is there: a failure leaves no empty folder
     train_loader, test_loader = make_loader(train, 128, True, 0), make_loader(test, 512, False, 0)
     shape = (1, info.in_channels, *info.image_size)
     arch = ArchRef("batude:resnet20", {"in_channels": info.in_channels, "num_classes": info.num_classes})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from batude._io import atomic_path
 from batude.errors import BatudeError
 
 __all__ = ["add_speedups", "latency_table", "plot_speedup"]
@@ -61,5 +62,8 @@ def plot_speedup(results: Sequence[dict], path: str | Path, title: str = "Measur
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from batude._io import check_out_dir
 from batude._version import __version__
 from batude.cli import bench_cmd, lut_cmd, model_cmds, train_cmds
 from batude.cli.export_cmd import build_export_parser, export_main
@@ -22,6 +23,7 @@ __all__ = ["main", "export_main", "build_parser", "build_export_parser"]
 def _cmd_demo(args: argparse.Namespace) -> int:
     from batude.demo import FULL, SMALL, run_demo
 
+    check_out_dir(args.out)  # fail before long work
     report = run_demo(Path(args.out), args.budget, FULL if args.full else SMALL, args.device, args.data_dir, print, ProgressBar())
     return 0 if report["checks"]["passed"] else 1
 

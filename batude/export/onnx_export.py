@@ -77,7 +77,8 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, dynamo: bool, 
             torch.onnx.export(module, (example,), str(path), **kwargs)
         except Exception as err:  # noqa: BLE001 - exporter failures come in many types
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise BatudeError(f"ONNX export ({'dynamo' if dynamo else 'torchscript'}) failed: {type(err).__name__}: {first[:300]}") from None
+            raise BatudeError(f"ONNX export ({'dynamo' if dynamo else 'torchscript'}) failed: {type(err).__name__}: {first[:300]}; "
+                              f"try {'--legacy-exporter' if dynamo else 'the dynamo exporter'} or another --opset") from None
         finally:
             quiet.setLevel(level)
 

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from batude._io import write_text_atomic
+from batude._io import output_dir, write_text_atomic
 from batude._version import __version__
 from batude.errors import BatudeError
 from batude.export.lower import lower
@@ -46,8 +46,8 @@ class ExportOptions:
     model_name: str = "batude_model"
 
     def __post_init__(self) -> None:
-        if not self.input_shape or any(int(d) <= 0 for d in self.input_shape):
-            raise BatudeError(f"input shape {list(self.input_shape)} must be positive per-image sizes, e.g. 3,224,224")
+        if len(self.input_shape) != 3 or any(int(d) <= 0 for d in self.input_shape):
+            raise BatudeError(f"input shape {list(self.input_shape)} must be three positive per-image sizes C,H,W, e.g. 3,224,224")
         if not self.batches or any(int(b) <= 0 for b in self.batches):
             raise BatudeError(f"batch sizes {list(self.batches)} must be positive")
         if self.dynamic is not None and not (1 <= self.dynamic[0] <= self.dynamic[1] <= self.dynamic[2]):
@@ -68,15 +68,12 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions, plan
     dense_macs = flop_counter_macs(model.eval(), shape1)
     lowered, variants = lower(model, shape1, opts.variant)
     lowered_macs = flop_counter_macs(lowered, shape1)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BatudeError(f"cannot create output folder {out}: {err.strerror}; choose another --out") from None
     emit(f"[2/4] ONNX export ({'dynamo' if opts.dynamo else 'torchscript'} exporter, opset {opts.opset}) and onnxruntime check")
     t0 = time.perf_counter()
     first_batch = opts.dynamic[1] if opts.dynamic else opts.batches[0]
-    onnx_report = onnx_from_module(lowered, (first_batch, *opts.input_shape), out / "model.onnx", dynamo=opts.dynamo,
-                                   opset=opts.opset, dynamic_batch=opts.dynamic_onnx, fp16=opts.fp16)
+    with output_dir(out):  # a folder created here is removed again if the export fails
+        onnx_report = onnx_from_module(lowered, (first_batch, *opts.input_shape), out / "model.onnx", dynamo=opts.dynamo,
+                                       opset=opts.opset, dynamic_batch=opts.dynamic_onnx, fp16=opts.fp16)
     with torch.no_grad():
         n_out = int(lowered(torch.zeros(shape1, dtype=torch.float16 if opts.fp16 else torch.float32)).shape[-1])
     report = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from batude._io import atomic_path, write_text_atomic
+from batude._io import atomic_path, inside, write_text_atomic
 from batude.errors import BatudeError
 
 __all__ = ["TensorSpec", "config_pbtxt", "validate_config", "write_triton_model"]
@@ -76,9 +76,9 @@ def validate_config(text: str):
 def write_triton_model(repo: str | Path, name: str, model_file: str | Path, inputs: Sequence[TensorSpec],
                        outputs: Sequence[TensorSpec], max_batch_size: int, version: int = 1) -> Path:
     """Copy ``model_file`` into ``repo/name/<version>/`` and write ``config.pbtxt``; returns the model folder."""
+    folder = inside(repo, name)  # a model name must not lead out of the repository
     text = config_pbtxt(name, model_file, inputs, outputs, max_batch_size)
     validate_config(text)
-    folder = Path(repo) / name
     try:
         (folder / str(version)).mkdir(parents=True, exist_ok=True)
     except OSError as err:

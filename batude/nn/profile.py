@@ -152,7 +152,7 @@ def _forward(model: nn.Module, shape: tuple[int, ...]) -> None:
         model.eval()
         with torch.no_grad():
             model(_zeros_input(model, shape))
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:  # BatchNorm raises ValueError on a wrong-rank input
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BatudeError(f"the model does not run on input shape {list(shape)} ({first}); pass the right input shape") from None
     finally:
