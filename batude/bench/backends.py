@@ -1,10 +1,14 @@
-"""Latency backends behind one interface: eager, CUDA-graph replay, torch.compile, onnxruntime, TensorRT.
+"""Latency backends behind one interface: eager, CUDA-graph replay, torch.compile, onnxruntime, TensorRT, Triton.
 
 :func:`make_runner` prepares a model for one backend, batch and dtype and returns a zero-argument
 callable that runs one batch with its inputs already in place (no host-device copies inside the
 timed call, except onnxruntime on CPU where host memory *is* the device). A backend that cannot run
 here raises :class:`BackendUnavailable` with the reason; :func:`measure` records that reason
 instead of crashing.
+
+``triton``: batude's fused Triton kernels (:mod:`batude.kernels`) replayed in a CUDA graph. A
+torchvision/batude ResNet is rewritten by ``fuse_resnet_`` (BatchNorm folded, ReLU and residual
+add in the kernels' epilogues); any other factorised layer gets ``impl="triton"``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Backend(str, enum.Enum):
     COMPILE = "compile"
     ORT = "onnxruntime"
     TRT = "tensorrt"
+    TRITON = "triton"
 
 
 class BackendUnavailable(BatudeError):
@@ -51,7 +56,7 @@ class Runner:
 
 
 def _device_for(backend: Backend, device: str | None) -> torch.device:
-    if backend in (Backend.CUDA_GRAPH, Backend.TRT) or device == "cuda":
+    if backend in (Backend.CUDA_GRAPH, Backend.TRT, Backend.TRITON) or device == "cuda":
         if not torch.cuda.is_available():
             raise BackendUnavailable(f"{backend.value} needs a CUDA GPU; none is available here")
         return torch.device("cuda")
@@ -64,7 +69,7 @@ def _torch_runner(model: nn.Module, x: torch.Tensor, backend: Backend) -> Callab
     if backend is Backend.COMPILE:
         compiled = torch.compile(model)
         return lambda: compiled(x)
-    stream = torch.cuda.Stream()  # CUDA graph: warm up on a side stream, capture, replay
+    stream = torch.cuda.Stream()  # cuda-graph and triton: warm up on a side stream, capture, replay
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.inference_mode():
         for _ in range(3):
@@ -91,7 +96,29 @@ def make_runner(model: nn.Module, backend: Backend | str, input_shape: Sequence[
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if backend is Backend.TRITON:
+        model = _with_kernels(model)
     return Runner(backend, _torch_runner(model, x, backend), dev, batch, dtype)
+
+
+def _with_kernels(model: nn.Module) -> nn.Module:
+    """The model rewritten onto batude's Triton kernels (fused ResNet blocks where recognised)."""
+    from batude.nn.tucker_conv import ensure_kernels_importable
+
+    ensure_kernels_importable()
+    from batude.kernels._runtime import triton_unavailable_reason
+    from batude.kernels.resnet_fuse import fuse_resnet_
+    from batude.nn.decompose import set_impl
+
+    reason = triton_unavailable_reason()
+    if reason:
+        raise BackendUnavailable(f"triton backend: {reason}")
+    try:
+        fuse_resnet_(model)
+    except BatudeError as err:
+        log.info("triton backend: no block fusion (%s); using impl='triton' layers", err)
+    set_impl(model, "triton")
+    return model
 
 
 def _exported_runner(model: nn.Module, backend: Backend, input_shape: tuple[int, ...], batch: int,

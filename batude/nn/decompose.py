@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import enum
+import logging
 
 from torch import nn
 
 from batude.errors import BatudeError
 from batude.functional.cost import LayerKind
 from batude.nn.lowrank import LowRankConv1x1, LowRankLinear
-from batude.nn.tucker_conv import TuckerConv2d
+from batude.nn.tucker_conv import IMPLS, TuckerConv2d, check_impl
 
-__all__ = ["Init", "DECOMPOSED_TYPES", "kind_of", "decomposed_kind", "decompose_module", "densify", "dense_equivalent"]
+__all__ = ["Init", "DECOMPOSED_TYPES", "kind_of", "decomposed_kind", "decompose_module", "densify", "dense_equivalent",
+           "set_impl"]
+
+log = logging.getLogger(__name__)
 
 DECOMPOSED_TYPES = (TuckerConv2d, LowRankConv1x1, LowRankLinear)
 
@@ -100,3 +104,23 @@ def densify(model: nn.Module) -> nn.Module:
 def dense_equivalent(module: nn.Module) -> nn.Module:
     """The dense ``nn.Conv2d`` / ``nn.Linear`` a factorised layer computes."""
     return module.to_linear() if isinstance(module, LowRankLinear) else module.to_conv()
+
+
+def set_impl(model: nn.Module, impl: str) -> list[str]:
+    """Set ``impl`` (``eager`` or ``triton``) on every ``TuckerConv2d`` / ``LowRankConv1x1``; returns their names.
+
+    Layers the kernels cannot run (non-zero padding modes, asymmetric 'same' padding, ranks > 512)
+    keep ``eager`` and are logged; ``LowRankLinear`` has no kernel and is left alone.
+    """
+    if impl not in IMPLS:
+        raise BatudeError(f"unknown impl '{impl}'; use one of {', '.join(IMPLS)}")
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, (TuckerConv2d, LowRankConv1x1)):
+            try:
+                module.impl = check_impl(impl, module)
+            except BatudeError as err:
+                log.warning("layer '%s' stays eager: %s", name, err)
+                continue
+            changed.append(name)
+    return changed

@@ -13,6 +13,7 @@ from torch import nn
 from batude.errors import BatudeError
 from batude.functional.tucker import lowrank_factors
 from batude.nn._conv_attrs import check_decomposable_conv, construct, conv_kwargs, label
+from batude.nn.tucker_conv import check_impl
 
 __all__ = ["LowRankConv1x1", "LowRankLinear"]
 
@@ -73,6 +74,7 @@ class LowRankConv1x1(_LowRankPair):
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        impl: str = "eager",
     ) -> None:
         super().__init__()
         rank = _check_rank(rank, in_channels, out_channels)
@@ -82,20 +84,30 @@ class LowRankConv1x1(_LowRankPair):
             bias=False, padding_mode=padding_mode, **factory,
         )
         self.last = nn.Conv2d(rank, out_channels, 1, bias=bias, **factory)
+        self.impl = check_impl(impl, self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "impl", "eager") == "triton":
+            from batude.kernels.layers import lowrank_forward
+
+            out = lowrank_forward(self, x)
+            if out is not None:
+                return out
+        return self.last(self.first(x))
 
     @classmethod
-    def like(cls, conv: nn.Conv2d, rank: int, name: str | None = None) -> "LowRankConv1x1":
+    def like(cls, conv: nn.Conv2d, rank: int, name: str | None = None, impl: str = "eager") -> "LowRankConv1x1":
         """An untrained layer with ``conv``'s geometry at ``rank``."""
         check_decomposable_conv(conv, name, pointwise=True)
         return construct(
             cls, name, conv, conv.in_channels, conv.out_channels, rank, bias=conv.bias is not None,
-            device=conv.weight.device, dtype=conv.weight.dtype, **conv_kwargs(conv),
+            device=conv.weight.device, dtype=conv.weight.dtype, impl=impl, **conv_kwargs(conv),
         )
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: int, name: str | None = None) -> "LowRankConv1x1":
+    def from_conv(cls, conv: nn.Conv2d, rank: int, name: str | None = None, impl: str = "eager") -> "LowRankConv1x1":
         """Truncated-SVD factorisation of a 1x1 ``conv`` (groups=1) at ``rank``."""
-        layer = cls.like(conv, rank, name=name)
+        layer = cls.like(conv, rank, name=name, impl=impl)
         layer._load_factors(conv.weight, conv.bias)
         return layer
 

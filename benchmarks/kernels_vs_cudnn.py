@@ -1,0 +1,286 @@
+"""Fused Triton Tucker-2 kernels vs the cuDNN 3-conv chain vs the dense conv: per layer and whole ResNet-18.
+
+Per layer: the 3x3 conv shapes of ResNet-18 at 224² (rank ratio 0.5, ranks aligned), batches 1 and
+64, fp16, channels_last, each variant replayed from a CUDA graph and timed with batude's timing
+primitive: ``dense`` (one cuDNN conv), ``chain`` (the 3 cuDNN convs of ``TuckerConv2d``),
+``fused`` and ``split`` (:func:`batude.kernels.tucker2_conv`, autotuned; ``auto_choice`` is what
+``mode="auto"`` picks). Whole model: ResNet-18 with a uniform 2.52x plan, rewritten by
+``fuse_resnet_`` (BN folded, ReLU and residual add in the kernels' epilogues), against the dense
+ResNet-18 with BN folded (eager and ``torch.compile``, both in CUDA graphs; the faster is the
+baseline) and the unfused Tucker chain. Everything is measured in this process; the goals of the
+kernels issue are evaluated and printed. Writes ``kernels_vs_cudnn.json`` and ``.png`` to ``--out``.
+
+    python benchmarks/kernels_vs_cudnn.py --out bench_kernels            # H100/H200: about 3-4 minutes
+    TRITON_INTERPRET=1 python benchmarks/kernels_vs_cudnn.py --smoke --out /tmp/k   # CPU: checks the script
+
+``--budget-s`` bounds the run: once exceeded, remaining measurements are recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from batude.bench.env import environment
+from batude.bench.timing import time_callable
+from batude.nn import TuckerConv2d
+from batude.nn.tucker_conv import ensure_kernels_importable
+
+ensure_kernels_importable()  # a checkout on PYTHONPATH (not pip-installed) has no batude.kernels otherwise
+
+RESNET18_3X3 = [(64, 64, 56, 1), (64, 128, 56, 2), (128, 128, 28, 1), (128, 256, 28, 2), (256, 256, 14, 1),
+                (256, 512, 14, 2), (512, 512, 7, 1)]
+SMOKE_3X3 = [(16, 16, 8, 1), (16, 32, 8, 2)]
+GOALS = {"layer": {1: 1.5, 64: 1.2}, "model": {1: 1.6, 64: 2.0}}
+CL = torch.channels_last
+
+
+class Clock:
+    def __init__(self, budget_s: float) -> None:
+        self.start, self.budget = time.perf_counter(), budget_s
+
+    def over(self) -> bool:
+        return time.perf_counter() - self.start > self.budget
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--budget-s", type=float, default=190.0, help="stop starting new measurements after this many seconds")
+    p.add_argument("--layer-budget-s", type=float, default=90.0, help="share of the budget for the per-layer part")
+    p.add_argument("--skip-model", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="CPU under TRITON_INTERPRET=1, tiny shapes, one iteration")
+    return p.parse_args(argv)
+
+
+def _runner(fn, device: torch.device, graph: bool):
+    """``fn`` itself, or a CUDA-graph replay of it (warmed up on a side stream: autotuning happens there)."""
+    if not graph:
+        return fn
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g), torch.inference_mode():
+        fn()
+    return g.replay
+
+
+def _time(fn, args, device, batch, label) -> dict:
+    graph = device.type == "cuda"
+    stats = time_callable(_runner(fn, device, graph), iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label)
+    return {**stats.to_dict(), "cuda_graph": graph}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
+@torch.inference_mode()
+def layer_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
+    from batude.kernels import pack_tucker2, tucker2_conv
+    from batude.kernels import tucker2 as t2
+
+    rows = []
+    for c, s, h, stride in (SMOKE_3X3 if args.smoke else RESNET18_3X3):
+        for batch in batches:
+            base = {"part": "layer", "c_in": c, "c_out": s, "hw": h, "stride": stride, "ranks": [s // 2, c // 2], "batch": batch}
+            if clock.over():
+                rows.append({**base, "variant": "all", "skipped": "time budget"})
+                continue
+            torch.manual_seed(0)
+            dense = nn.Conv2d(c, s, 3, stride, 1, bias=False).to(device, dtype).to(memory_format=CL).eval()
+            chain = TuckerConv2d(c, s, 3, (s // 2, c // 2), stride=stride, padding=1, bias=False).to(device, dtype)
+            chain = chain.to(memory_format=CL).eval()
+            x = torch.randn(batch, c, h, h, device=device, dtype=dtype).contiguous(memory_format=CL)
+            p = pack_tucker2(chain.first.weight, chain.core.weight, chain.last.weight)
+
+            def kernel(mode):
+                return lambda: tucker2_conv(x, p.u_in, p.core, p.u_out, stride=stride, padding=1, mode=mode)
+
+            want = chain(x)
+            fns = {"dense": lambda: dense(x), "chain": lambda: chain(x), "fused": kernel("fused"), "split": kernel("split")}
+            timed = {}
+            for variant, fn in fns.items():
+                row = {**base, "variant": variant, **_time(fn, args, device, batch, f"{variant} {c}->{s} {h}² b{batch}")}
+                if variant in ("fused", "split"):
+                    row["rel_err_vs_chain"] = _rel(fn(), want)
+                timed[variant] = row
+            kernel("auto")()
+            auto, measured = t2.auto_choice(x, p.core, p.u_out, stride=stride, padding=1)
+            for variant, row in timed.items():
+                row["speedup_vs_chain"] = timed["chain"]["median_ms"] / row["median_ms"]
+                row["speedup_vs_dense"] = timed["dense"]["median_ms"] / row["median_ms"]
+                row["auto_choice"], row["auto_choice_measured"] = auto, measured
+                rows.append(row)
+            print(f"layer {c}->{s} {h}² s{stride} b{batch}: " + ", ".join(f"{v} {r['median_ms']:.4f} ms" for v, r in timed.items()),
+                  flush=True)
+    return rows
+
+
+def _model_pair(smoke: bool):
+    """(dense model, uniform-plan Tucker model, per-image input shape)."""
+    from batude.rank import apply_plan_, select_ranks
+
+    torch.manual_seed(0)
+    if smoke:
+        from batude.models import CifarResNet
+
+        dense, shape, budget, name = CifarResNet(depth=8, in_channels=3, width=16).eval(), (3, 8, 8), "2x", "cifar-resnet8"
+    else:
+        import torchvision
+
+        dense, shape, budget, name = torchvision.models.resnet18().eval(), (3, 224, 224), "2.52x", "resnet18"
+    plan = select_ranks(dense, budget, "uniform", input_shape=(1, *shape))
+    tucker = apply_plan_(copy.deepcopy(dense), plan, init="empty").eval()
+    return dense, tucker, shape, f"{name} uniform {budget}"
+
+
+def _compiled(model, x):
+    fn = torch.compile(model, dynamic=False, options={"freezing": True})  # weights become constants
+    with torch.inference_mode():
+        fn(x)  # compile now, outside the timing
+    return fn
+
+
+@torch.inference_mode()
+def model_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
+    from torch import fx
+
+    from batude.export.lower import fold_batchnorm
+    from batude.kernels import fuse_resnet_
+    from batude.nn import flop_counter_macs
+
+    dense, tucker, shape, network = _model_pair(args.smoke)
+    reduction = flop_counter_macs(dense, (1, *shape)) / flop_counter_macs(tucker, (1, *shape))
+    folded = fx.symbolic_trace(copy.deepcopy(dense))
+    fold_batchnorm(folded)
+    prep = lambda m: m.to(device, dtype).to(memory_format=CL).eval()  # noqa: E731
+    folded, tucker = prep(folded), prep(tucker)
+    fused = fuse_resnet_(copy.deepcopy(tucker))
+    # most important first: the time budget drops what comes last
+    variants = [("dense", "eager", folded, False), ("triton", "fused", fused, False), ("dense", "compile", folded, True),
+                ("triton", "fused+compile", fused, True), ("chain", "eager", tucker, False), ("chain", "compile", tucker, True)]
+    if args.smoke:  # no inductor on the CPU smoke run (a C++ compile per graph)
+        variants = [v for v in variants if not v[3]]
+    inputs = {b: torch.randn(b, *shape, device=device, dtype=dtype).contiguous(memory_format=CL) for b in batches}
+    wants = {b: tucker(x) for b, x in inputs.items()}
+    rows = []
+    for model_name, backend, model, compile_ in variants:
+        for batch in batches:
+            x, want = inputs[batch], wants[batch]
+            base = {"part": "model", "network": network, "model": model_name, "backend": backend, "batch": batch,
+                    "flops_reduction": 1.0 if model_name == "dense" else reduction}
+            if clock.over():
+                rows.append({**base, "skipped": "time budget"})
+                continue
+            fn = _compiled(model, x) if compile_ else model
+            row = {**base, **_time(lambda: fn(x), args, device, batch, f"{model_name} {backend} b{batch}")}
+            if model_name != "dense":
+                row["rel_err_vs_chain"] = _rel(fn(x), want)
+            rows.append(row)
+            print(f"model {model_name} {backend} b{batch}: {row['median_ms']:.4f} ms", flush=True)
+    for batch in batches:
+        done = [r for r in rows if r["batch"] == batch and "median_ms" in r]
+        best_dense = min((r["median_ms"] for r in done if r["model"] == "dense"), default=None)
+        for r in done:
+            r["speedup_vs_best_dense"] = best_dense / r["median_ms"] if best_dense else None
+    return rows
+
+
+def goals(layers: list[dict], models: list[dict]) -> list[dict]:
+    out = []
+    for r in layers:
+        if r.get("variant") == "chain" and r["batch"] in GOALS["layer"]:
+            best = max((q["speedup_vs_chain"] for q in layers if q.get("variant") in ("fused", "split") and "speedup_vs_chain" in q
+                        and (q["c_in"], q["c_out"], q["hw"], q["batch"]) == (r["c_in"], r["c_out"], r["hw"], r["batch"])), default=None)
+            target = GOALS["layer"][r["batch"]]
+            out.append({"goal": f"layer {r['c_in']}->{r['c_out']} {r['hw']}² s{r['stride']} b{r['batch']}: kernel vs cuDNN chain",
+                        "target": target, "measured": best, "met": best is not None and best >= target})
+    for batch, target in GOALS["model"].items():
+        best = max((r["speedup_vs_best_dense"] for r in models if r["batch"] == batch and r.get("model") == "triton"
+                    and r.get("speedup_vs_best_dense")), default=None)
+        network = next((r["network"] for r in models if r["batch"] == batch), None)
+        if network:
+            out.append({"goal": f"{network} b{batch}: triton vs best dense", "target": target, "measured": best,
+                        "met": best is not None and best >= target})
+    return out
+
+
+def plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    rows = [r for r in report["layers"] if "speedup_vs_chain" in r and r["variant"] != "chain"]
+    labels = sorted({(r["batch"], r["c_in"], r["c_out"], r["hw"]) for r in rows})
+    for i, variant in enumerate(("dense", "fused", "split")):
+        vals = [next((r["speedup_vs_chain"] for r in rows if r["variant"] == variant and (r["batch"], r["c_in"], r["c_out"], r["hw"]) == k), 0)
+                for k in labels]
+        axes[0].bar([j + 0.27 * i for j in range(len(labels))], vals, width=0.27, label=variant)
+    axes[0].set_xticks(range(len(labels)), [f"b{b} {c}->{s} {h}²" for b, c, s, h in labels], rotation=70, fontsize=7)
+    axes[0].axhline(1.0, color="black", linewidth=0.5)
+    axes[0].set_ylabel("speedup vs cuDNN 3-conv chain (x)")
+    axes[0].legend(fontsize=8)
+    models = [r for r in report["model"] if r.get("speedup_vs_best_dense")]
+    axes[1].bar(range(len(models)), [r["speedup_vs_best_dense"] for r in models])
+    axes[1].set_xticks(range(len(models)), [f"b{r['batch']} {r['model']} {r['backend']}" for r in models], rotation=70, fontsize=7)
+    axes[1].axhline(1.0, color="black", linewidth=0.5)
+    axes[1].set_ylabel("whole model: speedup vs best dense (x)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        from batude.kernels._runtime import interpreting
+
+        if not interpreting():
+            print("--smoke runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1", file=sys.stderr)
+            return 2
+        device, dtype, batches = torch.device("cpu"), torch.float32, [1, 2]
+        args.iters, args.warmup = 1, 0
+    else:
+        if not torch.cuda.is_available():
+            print("needs a CUDA GPU (or --smoke under TRITON_INTERPRET=1 on the CPU)", file=sys.stderr)
+            return 2
+        device, dtype, batches = torch.device("cuda"), torch.float16, [int(b) for b in args.batches.split(",")]
+        torch.backends.cudnn.benchmark = True
+    clock = Clock(args.budget_s)
+    layers = layer_rows(args, device, dtype, batches, Clock(min(args.layer_budget_s, args.budget_s)))
+    models = [] if args.skip_model else model_rows(args, device, dtype, batches, clock)
+    report = {"env": environment(), "args": vars(args), "dtype": str(dtype).replace("torch.", ""), "layers": layers,
+              "model": models, "goals": goals(layers, models), "elapsed_s": time.perf_counter() - clock.start}
+    (out / "kernels_vs_cudnn.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out / "kernels_vs_cudnn.png")
+    for g in report["goals"]:
+        measured = "-" if g["measured"] is None else f"{g['measured']:.2f}x"
+        print(f"{'MET ' if g['met'] else 'MISS'} {g['goal']}: {measured} (target {g['target']}x)")
+    print(f"wrote {out / 'kernels_vs_cudnn.json'} in {report['elapsed_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

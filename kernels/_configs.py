@@ -1,0 +1,213 @@
+"""Launch configurations: autotuned candidate lists (pruned per shape), one heuristic config, workspaces.
+
+Autotuning (GPU only) is keyed on the GEMM shape (rows ``M`` = N*H'*W', channels, padded ranks,
+output channels, kernel and output size, mode); the candidate lists below are pruned per key so
+that a handful of configs is timed, not dozens: split-K only where there are too few row blocks
+to fill the GPU, tiny row blocks only for small ``M``, and ``BLOCK_M * RP <= 16384`` fp32
+accumulators per program. Under the interpreter (or with ``BATUDE_TRITON_AUTOTUNE=0``) one config
+from :func:`heuristic_tucker2` / :func:`heuristic_lowrank` is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+__all__ = ["SPLIT_K_MAX_ROWS", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "autotuned", "workspace",
+           "num_sms", "next_pow2"]
+
+SPLIT_K_MAX_ROWS = 4096  # split-K (and its fp32 workspace of M*S) only for at most this many output pixels
+_MAX_ACC = 16384  # fp32 accumulator elements per program (BLOCK_M * RP)
+
+# (BLOCK_M, BLOCK_K, BLOCK_S, SPLIT_K, num_warps, num_stages)
+_TUCKER2 = [
+    (16, 64, 64, 1, 4, 2), (16, 64, 64, 4, 4, 2), (16, 32, 64, 9, 4, 2),
+    (32, 64, 64, 1, 4, 3), (32, 64, 64, 3, 4, 3),
+    (64, 64, 64, 1, 4, 3), (64, 64, 128, 1, 8, 3), (64, 32, 64, 1, 8, 4),
+    (128, 32, 64, 1, 8, 3),
+]
+# (BLOCK_M, BLOCK_C, BLOCK_S, num_warps, num_stages)
+_LOWRANK = [(16, 64, 64, 4, 2), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 32, 128, 8, 3), (128, 32, 64, 8, 3)]
+# (BLOCK_M, BLOCK_N, BLOCK_C, num_warps, num_stages)
+_POINTWISE = [(64, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 128, 64, 4, 3)]
+
+
+def next_pow2(v: int) -> int:
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def _clamp_pow2(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, next_pow2(v)))
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(index: int = 0) -> int:
+    if not torch.cuda.is_available():
+        return 132
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _tucker2_ok(bm: int, bk: int, split: int, warps: int, a: dict) -> bool:
+    m, rp, sms = a["M"], a["RP"], num_sms()
+    if bm * rp > _MAX_ACC or (bm * rp >= 8192 and warps < 8):
+        return False
+    tiles = _cdiv(m, bm)
+    if split > 1 and (m > SPLIT_K_MAX_ROWS or tiles * 2 > sms or split > a["KH"] * a["KW"] * _cdiv(a["RK"], bk)):
+        return False
+    if bm <= 16 and _cdiv(m, 64) >= 2 * sms:
+        return False
+    return not (bm >= 128 and _cdiv(m, 128) < sms)
+
+
+def _prune_tucker2(configs, named_args, **kwargs):
+    import triton
+
+    a = {**named_args, **kwargs}
+    out, seen = [], set()
+    for cfg in configs:
+        kw = dict(cfg.kwargs)
+        kw["BLOCK_K"] = min(kw["BLOCK_K"], _clamp_pow2(a["RK"], 16, 64))
+        kw["BLOCK_C"] = _clamp_pow2(a["C"], 16, 64)
+        if not _tucker2_ok(kw["BLOCK_M"], kw["BLOCK_K"], kw["SPLIT_K"], cfg.num_warps, a):
+            continue
+        sig = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
+        if sig not in seen:
+            seen.add(sig)
+            out.append(triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    return out or [_as_config(heuristic_tucker2(a["M"], a["C"], a["RK"], a["RP"], a["KH"] * a["KW"], False))]
+
+
+def _prune_lowrank(configs, named_args, **kwargs):
+    import triton
+
+    a = {**named_args, **kwargs}
+    out, seen = [], set()
+    for cfg in configs:
+        kw = dict(cfg.kwargs)
+        kw["BLOCK_C"] = min(kw["BLOCK_C"], _clamp_pow2(a["C"], 16, 64))
+        bm = kw["BLOCK_M"]
+        if bm * a["RP"] > _MAX_ACC or (bm * a["RP"] >= 8192 and cfg.num_warps < 8):
+            continue
+        if (bm <= 16 and _cdiv(a["M"], 64) >= 2 * num_sms()) or (bm >= 128 and _cdiv(a["M"], 128) < num_sms()):
+            continue
+        sig = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
+        if sig not in seen:
+            seen.add(sig)
+            out.append(triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    return out or [_as_config(heuristic_lowrank(a["M"], a["C"], a["RP"], False))]
+
+
+def _prune_pointwise(configs, named_args, **kwargs):
+    a = {**named_args, **kwargs}
+    small = _cdiv(a["M"], 128) < num_sms()
+    kept = [c for c in configs if not (small and c.kwargs["BLOCK_M"] >= 128) and c.kwargs["BLOCK_N"] <= max(64, next_pow2(a["N_OUT"]))]
+    return kept or configs[:1]
+
+
+def _as_config(d: dict):
+    import triton
+
+    d = dict(d)
+    warps, stages = d.pop("num_warps"), d.pop("num_stages")
+    return triton.Config(d, num_warps=warps, num_stages=stages)
+
+
+def heuristic_tucker2(m: int, c: int, rk: int, rp: int, taps: int, interpret: bool) -> dict:
+    """One config for :func:`_tucker2_kernel` (small blocks under the interpreter, for coverage and speed)."""
+    if interpret:
+        return dict(BLOCK_M=32, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, SPLIT_K=1, num_warps=4, num_stages=1)
+    sms = num_sms()
+    bm = 64 if m >= 64 * sms else (32 if m >= 16 * sms else 16)
+    bm = min(bm, _MAX_ACC // rp)
+    bk = _clamp_pow2(rk, 16, 64)
+    tiles, steps = _cdiv(m, bm), taps * _cdiv(rk, bk)
+    split = 1 if (m > SPLIT_K_MAX_ROWS or tiles * 2 > sms) else max(1, min(steps, sms // tiles, 9))
+    return dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, SPLIT_K=split,
+                num_warps=8 if bm * rp >= 8192 else 4, num_stages=2)
+
+
+def heuristic_lowrank(m: int, c: int, rp: int, interpret: bool) -> dict:
+    if interpret:
+        return dict(BLOCK_M=32, BLOCK_C=16, BLOCK_S=16, num_warps=4, num_stages=1)
+    sms = num_sms()
+    bm = min(64 if m >= 64 * sms else (32 if m >= 16 * sms else 16), _MAX_ACC // rp)
+    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, num_warps=8 if bm * rp >= 8192 else 4, num_stages=3)
+
+
+def heuristic_pointwise(m: int, n_out: int, interpret: bool) -> dict:
+    if interpret:
+        return dict(BLOCK_M=32, BLOCK_N=16, BLOCK_C=16, num_warps=4, num_stages=1)
+    return dict(BLOCK_M=64 if _cdiv(m, 128) < num_sms() else 128, BLOCK_N=_clamp_pow2(n_out, 16, 64), BLOCK_C=64,
+                num_warps=4, num_stages=3)
+
+
+def _bench_kwargs() -> dict:
+    """Short autotuning runs (each config ~25 ms) where this triton lets us say so."""
+    import triton
+
+    params = inspect.signature(triton.autotune).parameters
+    if "do_bench" in params:
+        from triton.testing import do_bench
+
+        return {"do_bench": lambda fn, quantiles=None: do_bench(fn, warmup=5, rep=20, quantiles=quantiles)}
+    return {"warmup": 5, "rep": 20} if "warmup" in params else {}
+
+
+@functools.lru_cache(maxsize=None)
+def autotuned(kind: str):
+    """The autotuned wrapper of one kernel (``tucker2``, ``lowrank`` or ``pointwise``), built on first use."""
+    import triton
+
+    from batude.kernels._runtime import jit_module
+
+    jit = jit_module()
+    if kind == "tucker2":
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_K=sk), num_warps=w, num_stages=st)
+                   for bm, bk, bs, sk, w, st in _TUCKER2]
+        key = ["M", "OH", "OW", "C", "RK", "S", "KH", "KW", "STRIDE_H", "RP", "FUSE_FIRST"]
+        fn, prune = jit._tucker2_kernel, _prune_tucker2
+    elif kind == "lowrank":
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st) for bm, bc, bs, w, st in _LOWRANK]
+        key = ["M", "OH", "OW", "C", "S", "STRIDE_H", "RP"]
+        fn, prune = jit._lowrank_kernel, _prune_lowrank
+    else:
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc), num_warps=w, num_stages=st) for bm, bn, bc, w, st in _POINTWISE]
+        key = ["M", "C", "N_OUT"]
+        fn, prune = jit._pointwise_kernel, _prune_pointwise
+    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **_bench_kwargs())(fn)
+
+
+_WORKSPACES: dict[tuple[str, int | None], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+_DUMMIES: dict[tuple[str, int | None], torch.Tensor] = {}
+
+
+def workspace(device: torch.device, floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed split-K buffers ``(fp32 >= floats, int32 >= counters)`` on ``device``.
+
+    The kernels leave them zeroed again, so one pair serves every launch on a stream. Buffers are
+    never freed (a captured CUDA graph may hold their addresses); growth is geometric. Not safe
+    for concurrent launches on different streams.
+    """
+    key = (device.type, device.index)
+    pool = _WORKSPACES.setdefault(key, [])
+    if pool and pool[-1][0].numel() >= floats and pool[-1][1].numel() >= counters:
+        return pool[-1]
+    old_f, old_c = (pool[-1][0].numel(), pool[-1][1].numel()) if pool else (0, 0)
+    pair = (torch.zeros(max(floats, 2 * old_f), dtype=torch.float32, device=device),
+            torch.zeros(max(counters, 2 * old_c, 1024), dtype=torch.int32, device=device))
+    pool.append(pair)
+    return pair
+
+
+def dummy_f32(device: torch.device) -> torch.Tensor:
+    """A 1-element fp32 tensor passed for absent scale/shift (keeps the kernel signature stable)."""
+    key = (device.type, device.index)
+    if key not in _DUMMIES:
+        _DUMMIES[key] = torch.zeros(1, dtype=torch.float32, device=device)
+    return _DUMMIES[key]

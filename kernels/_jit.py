@@ -1,0 +1,195 @@
+"""The Triton code itself (imported only by the launchers, never at ``import batude``).
+
+Three kernels and two helpers; the launchers in :mod:`batude.kernels.tucker2` and
+:mod:`batude.kernels.lowrank` own all checks, padding conventions and grids. Conventions shared by
+all of them (the packed layouts come from :mod:`batude.kernels.pack`):
+
+* activations are NHWC: row ``m`` of a GEMM is output pixel ``(n, oh, ow)``, channels are unit-stride;
+  outputs and residuals are dense NHWC, so element ``(m, s)`` lives at ``m * S + s``;
+* factor matrices are row-major ``(K, N)`` with the rank dimensions zero-padded, so padded rows and
+  columns contribute exact zeros; masks guard image borders and the ends of chunked loops;
+* accumulation is fp32; operands of every ``tl.dot`` are in the activation dtype (so the r_in- and
+  r_out-channel intermediates are rounded to it exactly where the 3-conv chain rounds them).
+
+Whether ``triton.jit`` compiles or interprets these is decided by ``TRITON_INTERPRET`` when triton is
+first imported (process-wide): see :mod:`batude.kernels._runtime`.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _epilogue(o, offs_m, offs_s, M, S, scale_ptr, shift_ptr, res_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU):
+    """``out[m, s] = act(o * scale[s] + shift[s] + res[m, s])`` for one ``[BLOCK_M, BLOCK_S]`` fp32 tile.
+
+    The four flags are runtime 0/1 integers (uniform branches; one compiled kernel serves every
+    epilogue), the absent operands' pointers are never dereferenced.
+    """
+    mask_s = offs_s < S
+    if HAS_SCALE != 0:
+        o = o * tl.load(scale_ptr + offs_s, mask=mask_s, other=1.0).to(tl.float32)[None, :]
+    if HAS_SHIFT != 0:
+        o = o + tl.load(shift_ptr + offs_s, mask=mask_s, other=0.0).to(tl.float32)[None, :]
+    offs = offs_m[:, None] * S + offs_s[None, :]
+    mask = (offs_m < M)[:, None] & mask_s[None, :]
+    if HAS_RES != 0:
+        o = o + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if RELU != 0:
+        o = tl.maximum(o, 0.0)
+    tl.store(out_ptr + offs, o.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _last_1x1(t, offs_m, pid_m, M, S, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, ws_ptr, cnt_ptr,
+              HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_S: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr):
+    """The last 1x1 (``t [BLOCK_M, RP] @ w [RP, S]``) as an epilogue, looping over ``S`` in ``BLOCK_S`` tiles.
+
+    ``SPLIT_K == 1``: each tile goes straight through :func:`_epilogue`. ``SPLIT_K > 1``: ``t`` is a
+    partial sum over this program's share of the reduction; tiles are atomically added into the fp32
+    workspace and the last of the ``SPLIT_K`` programs of this row block (per-row-block arrival
+    counter, released after a CTA barrier like CUTLASS's serial split-K semaphore) reads the sums
+    back, applies the epilogue and leaves workspace and counter zeroed for the next launch.
+    """
+    offs_r = tl.arange(0, RP)
+    mask_m = offs_m < M
+    for s0 in range(0, S, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        w = tl.load(w_ptr + offs_r[:, None] * S + offs_s[None, :], mask=(offs_s < S)[None, :], other=0.0)
+        o = tl.dot(t, w, input_precision=PRECISION)
+        if SPLIT_K == 1:
+            _epilogue(o, offs_m, offs_s, M, S, scale_ptr, shift_ptr, res_ptr, out_ptr,
+                      HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
+        else:
+            mask = mask_m[:, None] & (offs_s < S)[None, :]
+            tl.atomic_add(ws_ptr + offs_m[:, None] * S + offs_s[None, :], o, mask=mask, sem="relaxed")
+    if SPLIT_K > 1:
+        tl.debug_barrier()
+        arrived = tl.atomic_add(cnt_ptr + pid_m, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            for s0 in range(0, S, BLOCK_S):
+                offs_s = s0 + tl.arange(0, BLOCK_S)
+                mask = mask_m[:, None] & (offs_s < S)[None, :]
+                ptrs = ws_ptr + offs_m[:, None] * S + offs_s[None, :]
+                zero = tl.zeros([BLOCK_M, BLOCK_S], tl.float32)
+                o = tl.atomic_add(ptrs, zero, mask=mask, sem="relaxed")  # an L2-coherent read
+                tl.store(ptrs, zero, mask=mask)
+                _epilogue(o, offs_m, offs_s, M, S, scale_ptr, shift_ptr, res_ptr, out_ptr,
+                          HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
+            tl.atomic_xchg(cnt_ptr + pid_m, 0)
+
+
+_GEOMETRY = ["M", "H", "W", "OH", "OW", "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "DIL_H", "DIL_W"]
+_FLAGS = ["HAS_SCALE", "HAS_SHIFT", "HAS_RES", "RELU"]
+
+
+@triton.jit(do_not_specialize=_GEOMETRY + _FLAGS)
+def _tucker2_kernel(
+    src_ptr, uin_ptr, core_ptr, uout_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, H, W, OH, OW, C, RK, S, s_n, s_h, s_w, KH, KW,
+    STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU,
+    RP: tl.constexpr, FUSE_FIRST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Implicit-GEMM core conv + last 1x1 epilogue for one ``BLOCK_M`` block of output pixels.
+
+    Reduction: ``KH*KW`` taps x ``cdiv(RK, BLOCK_K)`` rank chunks, split over ``SPLIT_K`` programs
+    (grid axis 1). The A operand of each step is ``[BLOCK_M, BLOCK_K]`` r_in-channel activations at
+    the tap's input pixels (zero outside the image: zero padding of the intermediate):
+    ``FUSE_FIRST`` computes it on the fly as ``x[pixels, :C] @ u_in[:C, chunk]`` (the first 1x1,
+    recomputed per tap), otherwise it is loaded from the precomputed intermediate ``src``
+    (``N, H, W, RK``). B is ``core[tap, chunk, :RP]``; the ``[BLOCK_M, RP]`` result feeds
+    :func:`_last_1x1`.
+    """
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    n = offs_m // (OW * OH)
+    ih0 = oh * STRIDE_H - PAD_H
+    iw0 = ow * STRIDE_W - PAD_W
+    base = n.to(tl.int64) * s_n
+    offs_r = tl.arange(0, RP)
+    n_chunks = tl.cdiv(RK, BLOCK_K)
+    total = KH * KW * n_chunks
+    per_split = tl.cdiv(total, SPLIT_K)
+    k_begin = pid_k * per_split
+    k_end = tl.minimum(k_begin + per_split, total)
+    acc = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
+    for ks in range(k_begin, k_end):
+        tap = ks // n_chunks
+        offs_k = (ks % n_chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        ih = ih0 + (tap // KW) * DIL_H
+        iw = iw0 + (tap % KW) * DIL_W
+        valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        row = base + ih * s_h + iw * s_w
+        if FUSE_FIRST:
+            a32 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + tl.arange(0, BLOCK_C)
+                xt = tl.load(src_ptr + row[:, None] + offs_c[None, :], mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
+                u = tl.load(uin_ptr + offs_c[:, None] * RK + offs_k[None, :],
+                            mask=(offs_c < C)[:, None] & (offs_k < RK)[None, :], other=0.0)
+                a32 = tl.dot(xt, u, a32, input_precision=PRECISION)
+            a = a32.to(src_ptr.dtype.element_ty)
+        else:
+            a = tl.load(src_ptr + row[:, None] + offs_k[None, :], mask=valid[:, None] & (offs_k < RK)[None, :], other=0.0)
+        w = tl.load(core_ptr + (tap * RK + offs_k)[:, None] * RP + offs_r[None, :], mask=(offs_k < RK)[:, None], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    _last_1x1(acc.to(src_ptr.dtype.element_ty), offs_m, pid_m, M, S, uout_ptr, scale_ptr, shift_ptr, res_ptr,
+              out_ptr, ws_ptr, cnt_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, SPLIT_K, PRECISION)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _pointwise_kernel(x_ptr, w_ptr, t_ptr, M, C, N_OUT,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+    """``t[M, N_OUT] = x[M, C] @ w[C, N_OUT]``: the first 1x1 of the split mode (dense NHWC rows)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_m.to(tl.int64) * C
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        x = tl.load(x_ptr + rows[:, None] + offs_c[None, :], mask=(offs_m < M)[:, None] & (offs_c < C)[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_c[:, None] * N_OUT + offs_n[None, :],
+                    mask=(offs_c < C)[:, None] & (offs_n < N_OUT)[None, :], other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    mask = (offs_m < M)[:, None] & (offs_n < N_OUT)[None, :]
+    tl.store(t_ptr + offs_m.to(tl.int64)[:, None] * N_OUT + offs_n[None, :], acc.to(t_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=_GEOMETRY[:5] + _GEOMETRY[7:11] + _FLAGS)
+def _lowrank_kernel(
+    x_ptr, b_ptr, a_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
+    M, H, W, OH, OW, C, S, s_n, s_h, s_w, STRIDE_H, STRIDE_W, PAD_H, PAD_W, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU,
+    RP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Two chained 1x1s: ``t = x[pixels] @ b [C, RP]`` kept in registers, then :func:`_last_1x1` with ``a [RP, S]``.
+
+    The first 1x1 may be strided and zero-padded (as ``LowRankConv1x1.first`` is): row ``m`` reads
+    input pixel ``(n, oh*STRIDE_H - PAD_H, ow*STRIDE_W - PAD_W)``, zero outside the image.
+    """
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    n = offs_m // (OW * OH)
+    ih = oh * STRIDE_H - PAD_H
+    iw = ow * STRIDE_W - PAD_W
+    valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    row = n.to(tl.int64) * s_n + ih * s_h + iw * s_w
+    offs_r = tl.arange(0, RP)
+    t = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        x = tl.load(x_ptr + row[:, None] + offs_c[None, :], mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
+        b = tl.load(b_ptr + offs_c[:, None] * RP + offs_r[None, :], mask=(offs_c < C)[:, None], other=0.0)
+        t = tl.dot(x, b, t, input_precision=PRECISION)
+    _last_1x1(t.to(x_ptr.dtype.element_ty), offs_m, pid_m, M, S, a_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
+              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION)

@@ -1,0 +1,272 @@
+"""Fused Tucker-2 conv on NHWC activations: the public launcher :func:`tucker2_conv`.
+
+A Tucker-2 conv is ``1x1 C->R2``, ``kxk R2->R1`` (stride, zero padding, dilation), ``1x1 R1->S``; cuDNN
+runs it as three kernels with two intermediates in memory. Here it is one or two Triton kernels
+(code in :mod:`batude.kernels._jit`), both ending in the same epilogue
+``out = act((core_out @ U_out) * scale + shift + residual)`` (every part optional; ``shift`` carries
+the bias and a folded BatchNorm; fp32 accumulation, output in the input dtype):
+
+``fused``  one kernel. An implicit-GEMM core whose A-operand loader computes the first 1x1 on the fly
+           (``x[tap pixels] @ U_in``), i.e. the first 1x1 is recomputed for each of the ``kh*kw`` taps
+           (``kh*kw``x its FLOPs) in exchange for no intermediate and one launch. The last 1x1 runs on
+           the ``[BLOCK_M, R1p]`` core tile held in registers.
+``split``  two kernels: a 1x1 GEMM writes the ``R2p``-channel intermediate (NHWC), then the same core
+           kernel loads it instead of recomputing it. The first 1x1 costs its FLOPs once.
+``auto``   on CUDA, the first call for a shape times both (after their own autotuning) and caches
+           the faster; where timing is impossible (CUDA-graph capture, interpreter) a heuristic
+           picks ``fused`` for at most 4096 output pixels (launch-bound), else ``split``.
+
+Tiling: one program owns ``BLOCK_M`` output pixels and all ``R1p`` core channels (the accumulator
+must hold the whole core output for the last 1x1), loops over ``kh*kw`` taps x ``BLOCK_K`` rank
+chunks, then over ``S`` in ``BLOCK_S`` tiles for the epilogue. Few row blocks (batch 1, late
+stages) would leave most SMs idle, so the reduction may be split over ``SPLIT_K`` programs that
+atomically accumulate into an fp32 workspace; the last program per row block applies the epilogue
+(:mod:`batude.kernels._configs`). ``BLOCK_M``, ``BLOCK_K``, ``BLOCK_S``, ``SPLIT_K``, warps and
+stages are autotuned on the GPU, keyed on rows ``M = N*H'*W'``, ``H'``, ``W'``, ``C``, ``R2p``, ``S``,
+``R1p``, kernel size, stride and mode (and the dtype); the candidates are pruned per key.
+The epilogue's four switches are runtime arguments, so one compiled kernel per (``R1p``, mode, tile
+config, dtype) serves every epilogue (fewer compilations while autotuning). fp32 inputs use TF32
+dots on the GPU when ``torch.backends.cudnn.allow_tf32`` (as cuDNN's convs do), IEEE otherwise; the
+interpreter computes in IEEE fp32.
+
+Ranks are zero-padded (:mod:`batude.kernels.pack`): ``R1`` to a power of two (it is a register tile
+width), ``R2`` to a multiple of 16, so unaligned ranks pay the padded FLOPs (R1 = 245 runs as 256).
+
+Limits: zero padding only; ``R1p <= 512``; fewer than 2**31 elements per tensor; inference only (no
+autograd). The first call per shape autotunes (and ``auto`` times both modes), which synchronises:
+make it outside CUDA-graph capture (warm up first, as CUDA-graph and ``torch.compile`` users do).
+Split-K sums in fp32 atomics (run-to-run nondeterministic in the last bits) and shares one
+self-cleaning workspace per device: launches on concurrent streams must not overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+
+from batude.errors import BatudeError
+from batude.kernels import _configs as cfg
+from batude.kernels._runtime import autotune_enabled, check_device, interpreting, jit_module
+
+__all__ = ["tucker2_conv", "tucker2_output_size", "auto_choice", "MODES"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "fused", "split")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_R = 512
+_AUTO_CHOICE: dict[tuple, str] = {}
+FUSED_MAX_ROWS = 4096
+
+
+def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
+    t = (int(v), int(v)) if isinstance(v, int) else tuple(int(i) for i in v)
+    if len(t) != 2:
+        raise BatudeError(f"{what} must be an int or a pair of ints, got {v!r}")
+    return t
+
+
+def tucker2_output_size(h: int, w: int, kernel: tuple[int, int], stride: Sequence[int], padding: Sequence[int],
+                        dilation: Sequence[int]) -> tuple[int, int]:
+    """``(H', W')`` of a conv (PyTorch's formula)."""
+    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+def check_epilogue(x: torch.Tensor, s: int, out_hw: tuple[int, int], scale, shift, residual) -> None:
+    """Shared checks of the optional epilogue operands."""
+    for name, v in (("scale", scale), ("shift", shift)):
+        if v is not None and (v.shape != (s,) or v.device != x.device or v.dtype not in (torch.float32, x.dtype)):
+            raise BatudeError(f"{name} must be a ({s},) fp32 (or {x.dtype}) vector on {x.device}, got "
+                              f"{tuple(v.shape)} {v.dtype} on {v.device}")
+    if residual is not None:
+        want = (x.shape[0], s, *out_hw)
+        if tuple(residual.shape) != want or residual.dtype != x.dtype or residual.device != x.device:
+            raise BatudeError(f"residual must be {want} {x.dtype} on {x.device} (the output's shape), got "
+                              f"{tuple(residual.shape)} {residual.dtype}")
+        if not residual.is_contiguous(memory_format=torch.channels_last):
+            raise BatudeError("residual must be channels_last (NHWC); use .contiguous(memory_format=torch.channels_last)")
+
+
+def check_activation(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.dtype not in _DTYPES:
+        raise BatudeError(f"x must be a 4-D fp16/bf16/fp32 tensor (N, C, H, W), got {tuple(x.shape)} {x.dtype}")
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise BatudeError("x must be channels_last (NHWC); call x.contiguous(memory_format=torch.channels_last) "
+                          "or model.to(memory_format=torch.channels_last)")
+    check_device(x)
+    if x.dtype == torch.bfloat16 and interpreting():
+        raise BatudeError("Triton's interpreter computes bf16 dots wrongly (seen with triton 3.8); run bf16 on the GPU, "
+                          "or fp16/fp32 under the interpreter")
+
+
+def _check_factor(t: torch.Tensor, x: torch.Tensor, name: str, shape: tuple) -> None:
+    if tuple(t.shape) != shape or t.dtype != x.dtype or t.device != x.device or not t.is_contiguous():
+        raise BatudeError(f"{name} must be a contiguous {shape} {x.dtype} tensor on {x.device} (packed layout, see "
+                          f"batude.kernels.pack), got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
+def _check(x, u_in, core, u_out) -> tuple[int, int, int, int, int]:
+    check_activation(x)
+    if core.dim() != 4:
+        raise BatudeError(f"core must be packed as (kh, kw, R2p, R1p), got {tuple(core.shape)}")
+    kh, kw, rk, rp = core.shape
+    c, s = x.shape[1], u_out.shape[-1]
+    if rp < 16 or rp & (rp - 1) or rp > _MAX_R or rk % 16:
+        raise BatudeError(f"padded ranks (R2p={rk}, R1p={rp}) must be a multiple of 16 and a power of two in [16, {_MAX_R}]; "
+                          "pack the weights with batude.kernels.pack_tucker2")
+    _check_factor(u_in, x, "u_in", (c, rk))
+    _check_factor(core, x, "core", (kh, kw, rk, rp))
+    _check_factor(u_out, x, "u_out", (rp, s))
+    return kh, kw, rk, rp, s
+
+
+def precision_for(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not interpreting() and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee" if dtype == torch.float32 else "tf32"  # the flag only matters for fp32 operands
+
+
+def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: dict | None) -> None:
+    """One launch of the core kernel (``src`` is x when fused, the intermediate when split)."""
+    n, c, h, w, oh, ow, kh, kw, rk, rp, s, stride, padding, dilation = geo
+    m = n * oh * ow
+    scale, shift, residual, relu = eps
+    dummy = cfg.dummy_f32(x.device)
+    tune = config is None and autotune_enabled()
+    if config is None and not tune:
+        config = cfg.heuristic_tucker2(m, c, rk, rp, kh * kw, interpreting())
+    may_split = (tune and m <= cfg.SPLIT_K_MAX_ROWS) or (config is not None and config.get("SPLIT_K", 1) > 1)
+    # always the real buffers (tiny when unused), so split and non-split launches share one kernel signature
+    ws, cnt = cfg.workspace(x.device, m * s if may_split else 1, -(-m // 16) if may_split else 1)
+    sn, sh, sw = (src.stride(0), src.stride(2), src.stride(3)) if fuse else (h * w * rk, w * rk, rk)
+    args = dict(M=m, H=h, W=w, OH=oh, OW=ow, C=c, RK=rk, S=s, s_n=sn, s_h=sh, s_w=sw, KH=kh, KW=kw,
+                STRIDE_H=stride[0], STRIDE_W=stride[1], PAD_H=padding[0], PAD_W=padding[1], DIL_H=dilation[0],
+                DIL_W=dilation[1], HAS_SCALE=int(scale is not None), HAS_SHIFT=int(shift is not None),
+                HAS_RES=int(residual is not None), RELU=int(relu))
+    ptrs = (src, u_in, core, u_out, scale if scale is not None else dummy, shift if shift is not None else dummy,
+            residual if residual is not None else out, out, ws, cnt)
+    meta = dict(RP=rp, FUSE_FIRST=fuse, PRECISION=precision_for(x.dtype))
+    if tune:
+        grid = lambda META: (-(-m // META["BLOCK_M"]), META["SPLIT_K"])  # noqa: E731
+        cfg.autotuned("tucker2")[grid](*ptrs, **args, **meta)
+        return
+    launch = {k: v for k, v in config.items() if k != "pointwise"}
+    warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
+    grid = (-(-m // launch["BLOCK_M"]), launch["SPLIT_K"])
+    jit_module()._tucker2_kernel[grid](*ptrs, **args, **meta, **launch, num_warps=warps, num_stages=stages)
+
+
+def _launch_pointwise(x: torch.Tensor, u_in: torch.Tensor, t: torch.Tensor, config: dict | None) -> None:
+    m, c, n_out = x.shape[0] * x.shape[2] * x.shape[3], x.shape[1], u_in.shape[1]
+    prec = precision_for(x.dtype)
+    if config is None and autotune_enabled():
+        grid = lambda META: (-(-m // META["BLOCK_M"]), -(-n_out // META["BLOCK_N"]))  # noqa: E731
+        cfg.autotuned("pointwise")[grid](x, u_in, t, M=m, C=c, N_OUT=n_out, PRECISION=prec)
+        return
+    launch = dict(config or cfg.heuristic_pointwise(m, n_out, interpreting()))
+    warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
+    grid = (-(-m // launch["BLOCK_M"]), -(-n_out // launch["BLOCK_N"]))
+    jit_module()._pointwise_kernel[grid](x, u_in, t, M=m, C=c, N_OUT=n_out, PRECISION=prec, **launch,
+                                         num_warps=warps, num_stages=stages)
+
+
+def _run(mode: str, x, u_in, core, u_out, eps, geo, config: dict | None) -> torch.Tensor:
+    n, _, h, w, oh, ow, _, _, rk, _, s = geo[:11]
+    out = torch.empty((n, s, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    if mode == "fused":
+        _launch_core(x, x, u_in, core, u_out, eps, out, geo, True, config)
+        return out
+    t = torch.empty((n, h, w, rk), dtype=x.dtype, device=x.device)
+    _launch_pointwise(x, u_in, t, None if config is None else config.get("pointwise"))
+    _launch_core(t, x, u_in, core, u_out, eps, out, geo, False, config)
+    return out
+
+
+def _time_ms(fn, reps: int = 5) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _auto_key(x: torch.Tensor, geo: tuple) -> tuple:
+    return (x.device.type, x.device.index, x.dtype) + tuple(geo[:12])
+
+
+def _guess(geo: tuple) -> str:
+    n, _, _, _, oh, ow, kh, kw = geo[:8]
+    return "fused" if n * oh * ow <= FUSED_MAX_ROWS or kh * kw == 1 else "split"
+
+
+def auto_choice(x: torch.Tensor, core: torch.Tensor, u_out: torch.Tensor, stride: int | Sequence[int] = 1,
+                padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1) -> tuple[str, bool]:
+    """What ``mode="auto"`` runs for this call: ``(mode, measured)`` (False: the heuristic, nothing timed yet)."""
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    n, c, h, w = x.shape
+    kh, kw, rk, rp = core.shape
+    oh, ow = tucker2_output_size(h, w, (kh, kw), stride, padding, dilation)
+    geo = (n, c, h, w, oh, ow, kh, kw, rk, rp, u_out.shape[1], stride)
+    key = _auto_key(x, geo)
+    return (_AUTO_CHOICE[key], True) if key in _AUTO_CHOICE else (_guess(geo), False)
+
+
+def _auto_mode(x: torch.Tensor, geo: tuple, run) -> str:
+    key = _auto_key(x, geo)
+    if key in _AUTO_CHOICE:
+        return _AUTO_CHOICE[key]
+    guess = _guess(geo)
+    if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return guess
+    times = {mode: _time_ms(lambda: run(mode)) for mode in ("fused", "split")}
+    _AUTO_CHOICE[key] = min(times, key=times.get)
+    log.debug("tucker2 auto mode for %s: %s (%s)", key, _AUTO_CHOICE[key], times)
+    return _AUTO_CHOICE[key]
+
+
+def tucker2_conv(x: torch.Tensor, u_in: torch.Tensor, core: torch.Tensor, u_out: torch.Tensor, *,
+                 scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                 residual: torch.Tensor | None = None, stride: int | Sequence[int] = 1,
+                 padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, relu: bool = False,
+                 mode: str = "auto", config: dict | None = None) -> torch.Tensor:
+    """Tucker-2 conv with a fused epilogue on packed operands (:func:`batude.kernels.pack_tucker2`).
+
+    Args:
+        x: ``(N, C, H, W)`` fp16/bf16/fp32, channels_last; CUDA (or CPU under ``TRITON_INTERPRET=1``).
+        u_in: ``(C, R2p)``; core: ``(kh, kw, R2p, R1p)``; u_out: ``(R1p, S)``; all in ``x``'s dtype.
+        scale, shift: ``(S,)`` epilogue vectors (fp32 or ``x``'s dtype); residual: ``(N, S, H', W')``
+            channels_last in ``x``'s dtype, added after scale/shift and before the ReLU.
+        mode: ``fused``, ``split`` or ``auto`` (module docs). ``config``: fixed launch parameters
+            instead of autotuning (tests, benchmarks); ``config["pointwise"]`` for the split's 1x1.
+
+    Returns:
+        ``(N, S, H', W')`` in ``x``'s dtype, channels_last.
+    """
+    if mode not in MODES:
+        raise BatudeError(f"unknown tucker2 mode '{mode}'; use one of {', '.join(MODES)}")
+    kh, kw, rk, rp, s = _check(x, u_in, core, u_out)
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise BatudeError(f"stride {stride} and dilation {dilation} must be >= 1, padding {padding} >= 0")
+    n, c, h, w = x.shape
+    oh, ow = tucker2_output_size(h, w, (kh, kw), stride, padding, dilation)
+    if oh < 1 or ow < 1:
+        raise BatudeError(f"the {kh}x{kw} kernel does not fit the {h}x{w} input with padding {padding}, dilation {dilation}")
+    check_epilogue(x, s, (oh, ow), scale, shift, residual)
+    if max(x.numel(), n * oh * ow * max(s, rp), n * h * w * rk) >= 2 ** 31:
+        raise BatudeError("tensors of 2**31 or more elements are not supported by the kernels; split the batch")
+    geo = (n, c, h, w, oh, ow, kh, kw, rk, rp, s, stride, padding, dilation)
+    eps = (scale, shift, residual, bool(relu))
+
+    def run(m: str) -> torch.Tensor:
+        return _run(m, x, u_in, core, u_out, eps, geo, config)
+
+    return run(_auto_mode(x, geo, run) if mode == "auto" else mode)

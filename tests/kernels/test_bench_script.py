@@ -1,0 +1,73 @@
+"""``benchmarks/kernels_vs_cudnn.py --smoke`` runs end to end under the interpreter and writes its report."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from kernel_cases import gpu, interp
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("kernels_vs_cudnn", ROOT / "benchmarks" / "kernels_vs_cudnn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@interp
+def test_smoke_run_writes_json_and_plot(tmp_path):
+    assert _script().main(["--smoke", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "kernels_vs_cudnn.json").read_text())
+    assert {"env", "args", "dtype", "layers", "model", "goals", "elapsed_s"} <= set(report)
+    assert report["env"]["torch"]
+    layers = [r for r in report["layers"] if "median_ms" in r]
+    assert {r["variant"] for r in layers} == {"dense", "chain", "fused", "split"}
+    assert {r["batch"] for r in layers} == {1, 2}
+    for r in layers:
+        assert r["median_ms"] > 0 and r["speedup_vs_chain"] > 0 and r["auto_choice"] in ("fused", "split")
+        if r["variant"] in ("fused", "split"):
+            assert r["rel_err_vs_chain"] < 1e-4  # fp32 under the interpreter: the kernels compute the chain
+    models = {(r["model"], r["backend"], r["batch"]) for r in report["model"] if "median_ms" in r}
+    assert models == {(m, b, n) for m, b in (("dense", "eager"), ("triton", "fused"), ("chain", "eager")) for n in (1, 2)}
+    triton = [r for r in report["model"] if r["model"] == "triton"]
+    assert all(r["rel_err_vs_chain"] < 1e-4 and r["speedup_vs_best_dense"] > 0 and r["flops_reduction"] > 1.9 for r in triton)
+    assert report["goals"] and all(set(g) == {"goal", "target", "measured", "met"} for g in report["goals"])
+    assert (tmp_path / "kernels_vs_cudnn.png").stat().st_size > 1000
+
+
+def _compressed_resnet20():
+    import torch
+
+    from batude.models import resnet20
+    from batude.rank import apply_plan_, select_ranks
+
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1).eval()
+    return apply_plan_(model, select_ranks(model, "2.52x", "uniform", input_shape=(1, 1, 28, 28)))
+
+
+def test_bench_triton_backend_is_reported_unavailable_without_cuda():
+    import torch
+
+    from batude.bench.backends import Backend, measure
+
+    assert Backend("triton") is Backend.TRITON
+    if torch.cuda.is_available():
+        return
+    rows = measure(_compressed_resnet20(), ["triton"], (1, 28, 28), [1], iters=1, warmup=0, label="c")
+    assert rows[0]["available"] is False and "CUDA GPU" in rows[0]["reason"]
+
+
+@gpu
+def test_gpu_bench_triton_backend_runs_the_fused_model():
+    import torch
+
+    from batude.bench.backends import make_runner, measure
+
+    model = _compressed_resnet20()
+    runner = make_runner(model, "triton", (1, 28, 28), 4, torch.float16)
+    runner.run()
+    rows = measure(model, ["cuda-graph", "triton"], (1, 28, 28), [1, 8], torch.float16, iters=5, warmup=2, label="c")
+    assert all(r["available"] and r["median_ms"] > 0 for r in rows), rows

@@ -1,0 +1,87 @@
+"""Autotuning candidate pruning and the heuristic configs (pure Python; the timing itself needs a GPU)."""
+
+import pytest
+
+from kernel_cases import HAS_TRITON
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+SMS = 132
+
+
+@pytest.fixture(autouse=True)
+def _h100_sms(monkeypatch):
+    from batude.kernels import _configs
+
+    monkeypatch.setattr(_configs, "num_sms", lambda index=0: SMS)
+
+
+def _tucker2_candidates():
+    import triton
+
+    from batude.kernels import _configs
+
+    return [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_K=sk), num_warps=w, num_stages=st)
+            for bm, bk, bs, sk, w, st in _configs._TUCKER2]
+
+
+def _args(m, c, rk, rp, taps=9):
+    return {"M": m, "C": c, "RK": rk, "RP": rp, "KH": 3 if taps == 9 else 1, "KW": 3 if taps == 9 else 1}
+
+
+@pytest.mark.parametrize("m,c,rk,rp", [(49, 512, 256, 256), (196, 256, 128, 128), (3136, 64, 32, 32),
+                                       (64 * 3136, 64, 32, 32), (64 * 49, 512, 256, 256), (200704, 64, 16, 16)],
+                         ids=["b1-7²", "b1-14²", "b1-56²", "b64-56²", "b64-7²", "b64-56²-r16"])
+def test_tucker2_pruning_keeps_a_few_valid_configs(m, c, rk, rp):
+    from batude.kernels import _configs
+
+    kept = _configs._prune_tucker2(_tucker2_candidates(), _args(m, c, rk, rp))
+    assert 1 <= len(kept) <= len(_configs._TUCKER2)
+    for cfg in kept:
+        kw = cfg.kwargs
+        assert kw["BLOCK_M"] * rp <= 16384 and kw["BLOCK_K"] <= max(16, rk) and kw["BLOCK_C"] <= max(16, c)
+        if kw["SPLIT_K"] > 1:
+            assert m <= _configs.SPLIT_K_MAX_ROWS and -(-m // kw["BLOCK_M"]) * 2 <= SMS
+    splits = {cfg.kwargs["SPLIT_K"] for cfg in kept}
+    if m <= 200:  # a handful of row blocks: split-K candidates must be there to fill the GPU
+        assert max(splits) > 1
+    if m >= 64 * 3136 // 2:
+        assert splits == {1} and min(cfg.kwargs["BLOCK_M"] for cfg in kept) >= 32
+
+
+def test_lowrank_and_pointwise_pruning():
+    import triton
+
+    from batude.kernels import _configs
+
+    lowrank = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st)
+               for bm, bc, bs, w, st in _configs._LOWRANK]
+    for m, rp in ((49, 512), (64 * 784, 64)):
+        kept = _configs._prune_lowrank(lowrank, {"M": m, "C": 256, "RP": rp})
+        assert kept and all(c.kwargs["BLOCK_M"] * rp <= 16384 for c in kept)
+    pointwise = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc), num_warps=w, num_stages=st)
+                 for bm, bn, bc, w, st in _configs._POINTWISE]
+    assert all(c.kwargs["BLOCK_M"] < 128 for c in _configs._prune_pointwise(pointwise, {"M": 196, "N_OUT": 32}))
+
+
+@pytest.mark.parametrize("m,rp,taps", [(49, 256, 9), (3136, 32, 9), (200704, 64, 9), (98, 512, 1)])
+def test_heuristic_configs(m, rp, taps):
+    from batude.kernels import _configs
+
+    cfg = _configs.heuristic_tucker2(m, 128, rp, rp, taps, interpret=False)
+    assert cfg["BLOCK_M"] * rp <= 16384 and cfg["num_warps"] in (4, 8)
+    tiles = -(-m // cfg["BLOCK_M"])
+    assert (cfg["SPLIT_K"] > 1) == (m <= _configs.SPLIT_K_MAX_ROWS and tiles * 2 <= SMS and taps * -(-rp // cfg["BLOCK_K"]) > 1)
+    assert cfg["SPLIT_K"] <= taps * -(-rp // cfg["BLOCK_K"])
+    assert _configs.heuristic_tucker2(m, 16, 16, 16, taps, interpret=True)["SPLIT_K"] == 1
+
+
+def test_autotuned_wrappers_build_without_a_gpu():
+    from batude.kernels import _configs
+    from batude.kernels._runtime import interpreting
+
+    if interpreting():
+        pytest.skip("the interpreter never autotunes")
+    for kind in ("tucker2", "lowrank", "pointwise"):
+        tuned = _configs.autotuned(kind)
+        assert len(tuned.configs) >= 4 and tuned.keys
