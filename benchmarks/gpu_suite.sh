@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # The GPU checks batude owes, as one script for the device tool (writes everything under $OUT).
 #
-# Prepare once in the repo root (the GPU image has torch 2.11, no tensorly, Python 3.12):
+# Prepare once in the repo root (the GPU image has torch 2.11, triton 3.6, no tensorly, Python 3.12):
 #   echo /.whl/ >> .git/info/exclude; echo /.data/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl tensorly==0.10.0
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
-# Run with carry [".whl", ".data"]:
-#   bash benchmarks/gpu_suite.sh            # part A: GPU tests + dense 30 epochs + 2.5x/4x, seed 0 (~7 min on an H100)
-#   SEEDS=1 bash benchmarks/gpu_suite.sh    # part B in a later session: seed 1 (reuses nothing: trains again)
-#   SMOKE=1 bash benchmarks/gpu_suite.sh    # tiny schedule, CPU is fine: checks the script itself
+# Run with carry [".whl", ".data"], one session's worth of parts at a time (15 min of device time
+# per session, a fresh machine takes 1-2 min to start; each part's estimate is for an H100):
+#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ + kernels_vs_cudnn.py      (~6-7 min)
+#   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs, b64/b1)
+#                                                      #   + latency_vs_flops ResNet-18 2.52x            (~5-6 min)
+#   PART=compile bash benchmarks/gpu_suite.sh          # the latency-aware comparison under torch.compile  (~5 min)
+#   PART=accuracy bash benchmarks/gpu_suite.sh         # dense 30 epochs + BATUDE vs baselines 2.5x/4x    (~7 min)
+#   PART=accuracy SEEDS=1 bash benchmarks/gpu_suite.sh # the second seed, a later session
+#   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
+#   SMOKE=1 PART=... bash benchmarks/gpu_suite.sh      # tiny schedule on the CPU: checks the script itself
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
+PART=${PART:-kernels}
 mkdir -p "$OUT"
 if [ -d .whl ] && ! python3 -c "import tensorly" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -22,16 +29,36 @@ export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 DATA=${DATA:-$( [ -d .data/fashion-mnist ] && echo .data/fashion-mnist || echo /usr/share/datasets/fashion-mnist )}
 if [ "${SMOKE:-0}" = 1 ]; then
   DENSE_EPOCHS=1; ADMM=1; FT=1; SUBSET="--subset 640"; DEVICE=${DEVICE:-cpu}; WORKERS=0
+  LAT="--device cpu --dtype fp32 --batches 2 --input 3,32,32 --backends eager --points 2 --iters 3 --warmup 1"
+  LVF="--device cpu --dtypes fp32 --batches 1 --backends eager --iters 2 --warmup 1"
+  KERNELS="--smoke"; export TRITON_INTERPRET=1
 else
   DENSE_EPOCHS=${DENSE_EPOCHS:-30}; ADMM=${ADMM:-10}; FT=${FT:-10}; SUBSET=""; DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-4}
+  LAT=""; LVF="--device cuda --dtypes fp16 --batches 1,64 --backends eager,cuda-graph"; KERNELS="--budget-s 150"
 fi
+has() { [[ ",$PART," == *",$1,"* ]]; }
 python3 -c "import json; from batude.bench.env import environment; print(json.dumps(environment(), indent=2))" | tee "$OUT/env.json"
-# 1. tests that need a GPU or TensorRT (they skip with the reason where those are missing)
-python3 -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests 2>&1 | tee "$OUT/gpu_tests.txt" || true
-# 2. dense ResNet-20 on Fashion-MNIST, then BATUDE vs uniform/energy/VBMF at equal epochs
-python3 -m batude train --model resnet20 --data fashion-mnist --data-dir "$DATA" $SUBSET --epochs "$DENSE_EPOCHS" \
-  --device "$DEVICE" --workers "$WORKERS" --out "$OUT/dense"
-python3 benchmarks/accuracy_vs_budget.py --dense "$OUT/dense/model.pt" --out "$OUT/accuracy" --data-dir "$DATA" $SUBSET \
-  --budgets "${BUDGETS:-2.5x,4x}" --seeds "${SEEDS:-0}" --epochs-admm "$ADMM" --epochs-ft "$FT" --updates-per-epoch 4 \
-  --device "$DEVICE" --workers "$WORKERS"
-rm -f "$OUT"/dense/state.pt  # large; the checkpoint and log stay
+if has kernels; then  # issue 6: correctness on the real compiler, then the speed table
+  python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/kernels 2>&1 | tee "$OUT/kernel_tests.txt" || true
+  python3 benchmarks/kernels_vs_cudnn.py $KERNELS --out "$OUT/kernels"
+fi
+if has latency; then  # issues 5 and 7: latency-aware plans vs the oracle, and the latency-vs-FLOPs rows
+  python3 benchmarks/latency_aware.py $LAT --out "$OUT/latency_aware"
+  python3 benchmarks/latency_vs_flops.py --models resnet18 --budgets 2.52x --methods uniform,batude $LVF \
+    --iters 30 --warmup 5 --out "$OUT/latency_vs_flops"
+fi
+if has compile; then
+  if [ "${SMOKE:-0}" = 1 ]; then COMPILE="$LAT"; else COMPILE="--batches 64 --backends compile"; fi
+  python3 benchmarks/latency_aware.py $COMPILE --out "$OUT/latency_aware_compile"
+fi
+if has tests; then
+  python3 -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests --ignore=tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt" || true
+fi
+if has accuracy; then  # issue 3: dense ResNet-20 on Fashion-MNIST, then BATUDE vs uniform/energy/VBMF at equal epochs
+  python3 -m batude train --model resnet20 --data fashion-mnist --data-dir "$DATA" $SUBSET --epochs "$DENSE_EPOCHS" \
+    --device "$DEVICE" --workers "$WORKERS" --out "$OUT/dense"
+  python3 benchmarks/accuracy_vs_budget.py --dense "$OUT/dense/model.pt" --out "$OUT/accuracy" --data-dir "$DATA" $SUBSET \
+    --budgets "${BUDGETS:-2.5x,4x}" --seeds "${SEEDS:-0}" --epochs-admm "$ADMM" --epochs-ft "$FT" --updates-per-epoch 4 \
+    --device "$DEVICE" --workers "$WORKERS"
+  rm -f "$OUT"/dense/state.pt  # large; the checkpoint and log stay
+fi

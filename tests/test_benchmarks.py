@@ -52,3 +52,22 @@ def test_latency_vs_flops_writes_results_and_plot(tmp_path):
         row = rows[(f"resnet18 {method} 2.52x", "eager")]
         assert 2.52 <= row["flops_reduction"] <= 2.55 and row["speedup"] > 0
     assert (tmp_path / "latency_vs_flops.png").stat().st_size > 1000
+
+
+def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
+    bench = _script("latency_aware")
+    assert bench.main(["--device", "cpu", "--dtype", "fp32", "--batches", "2", "--input", "3,32,32", "--backends", "eager",
+                       "--points", "2", "--iters", "3", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "latency_aware.json").read_text())
+    assert report["env"]["torch"] and report["args"]["flops"] == "2.52x"
+    (batch,) = report["batches"]
+    assert batch["lut_backend"] == "eager" and batch["latency_budget"].startswith("latency:")
+    rows = {r["plan"]: r for r in batch["rows"]}
+    assert set(rows) == {"dense", "uniform", "batude", "batude-latency", "oracle"}
+    for name, row in rows.items():
+        assert row["available"] and row["median_ms"] > 0 and row["speedup"] > 0
+        assert name == "dense" or row["macs_reduction"] >= 2.52  # every plan meets the FLOPs budget
+    assert rows["oracle"]["share_of_oracle"] == 1.0
+    assert rows["oracle"]["predicted_ms"] <= rows["batude"]["predicted_ms"] * (1 + 1e-9)  # the oracle bounds the rule
+    assert rows["uniform"]["predicted_speedup"] is None  # the naive chain is not a table-guided plan
+    assert "| 2 | eager | batude-latency |" in bench.table(report["batches"])

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from batude._io import write_text_atomic
+from batude.bench.backends import Backend, _torch_runner
 from batude.bench.env import environment
 from batude.bench.layers import layer_input_shapes
 from batude.bench.timing import time_callable
@@ -99,33 +100,72 @@ class LatencyTable:
 
     @classmethod
     def build(cls, model: nn.Module, input_shape: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,
-              device: str = "cpu", points: int = 4, multiple_of: int = 8, iters: int = 20, warmup: int = 3) -> "LatencyTable":
-        """Measure a table for ``model`` (dense) at per-image ``input_shape`` (C, H, W)."""
+              device: str = "cpu", points: int = 4, multiple_of: int = 8, iters: int = 20, warmup: int = 3,
+              backend: str = "eager") -> "LatencyTable":
+        """Measure a table for ``model`` (dense) at per-image ``input_shape`` (C, H, W).
+
+        ``backend``: ``eager`` (each module called from Python) or ``cuda-graph`` (each module
+        captured once and replayed: no launch overhead from Python, what a served model pays).
+        """
+        if backend not in ("eager", "cuda-graph"):
+            raise BatudeError(f"latency tables are measured with the eager or cuda-graph backend, not '{backend}'")
+        if backend == "cuda-graph" and torch.device(device).type != "cuda":
+            raise BatudeError("a cuda-graph latency table needs --device cuda; use --backend eager on the CPU")
+        if points < 2 or multiple_of < 1:
+            raise BatudeError(f"a rank grid needs points >= 2 and multiple_of >= 1 (got {points}, {multiple_of}); "
+                              "pass e.g. --points 4 --multiple-of 8")
         dev = torch.device(device)
         model = model.eval().to(dev, dtype)
         quiet = logging.getLogger("batude.bench.timing")  # hundreds of tiny timings: no per-cell CV warnings
         level, quiet.level = quiet.level, logging.ERROR
         try:
-            return cls._build(model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup)
+            return cls._build(model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend)
         finally:
             quiet.setLevel(level)
 
     @classmethod
-    def _build(cls, model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup) -> "LatencyTable":
+    def _build(cls, model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend) -> "LatencyTable":
         problem = RankProblem.from_model(model, (1, *input_shape), config=SelectorConfig(multiple_of=1))
         inputs = layer_input_shapes(model, (1, *input_shape), [c.name for c in problem.candidates])
-        time = lambda fn, label: time_callable(fn, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms  # noqa: E731
+        def time(module: nn.Module, x: torch.Tensor, label: str) -> float:
+            with torch.inference_mode():
+                run = _torch_runner(module, x, Backend(backend))
+            return time_callable(run, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms
+
         x = torch.randn((batch, *input_shape), device=dev, dtype=dtype)
-        model_ms = time(lambda: model(x), "model")
+        model_ms = time(model, x, "model")
         layers = {}
         for cand in problem.candidates:
             xi = torch.randn((batch, *inputs[cand.name]), device=dev, dtype=dtype)
-            dense_ms = time(lambda m=cand.module: m(xi), cand.name)
+            dense_ms = time(cand.module, xi, cand.name)
             grids = [_grid(full, points, multiple_of) for full in max_ranks(cand.layer.kind, cand.layer.geometry)]
             layers[cand.name] = LayerTable(cand.name, cand.layer.kind.value, dense_ms, grids,
                                            _measure_grid(cand, grids, xi, time))
         other = model_ms - sum(t.dense_ms for t in layers.values())
-        return cls(table_key(dev, dtype, batch), list(input_shape), model_ms, other, layers)
+        return cls(table_key(dev, dtype, batch, backend), list(input_shape), model_ms, other, layers)
+
+    # -- batude.rank.latency.LatencyModel: what rank selection reads --------------------------------
+    def layer_names(self) -> list[str]:
+        return list(self.layers)
+
+    def dense_ms(self, name: str) -> float:
+        return self._layer(name).dense_ms
+
+    def factorised_ms(self, name: str, ranks: Sequence[int]) -> tuple[str, float]:
+        """Fastest exact factorised variant of ``name`` at ``ranks`` (interpolated) and its ms."""
+        table = self._layer(name)
+        options = {v: table.predict(ranks, v) for v in table.ms}
+        best = min(options, key=options.get)
+        return best, options[best]
+
+    def grid(self, name: str) -> list[list[int]]:
+        return [list(g) for g in self._layer(name).grids]
+
+    def _layer(self, name: str) -> "LayerTable":
+        table = self.layers.get(name)
+        if table is None:
+            raise BatudeError(f"the latency table has no layer '{name}'; it was built for another model")
+        return table
 
     def check(self, device: str, dtype: torch.dtype, batch: int, backend: str = "eager") -> None:
         """Refuse to be used on another device, torch, dtype, batch or backend."""
@@ -140,7 +180,8 @@ class LatencyTable:
         for layer in plan.layers:
             table = self.layers.get(layer.name)
             if table is None:
-                raise BatudeError(f"the latency table has no layer '{layer.name}'; it was built for another model")
+                raise BatudeError(f"the latency table has no layer '{layer.name}'; it was built for another model, "
+                                  "build one for this model with `batude lut build`")
             if layer.ranks is None:
                 total += table.dense_ms
                 forms[layer.name] = "dense"
@@ -162,11 +203,13 @@ class LatencyTable:
             parent, _, child = name.rpartition(".")
             if form == "dense" and plan.layer(name).ranks is not None:
                 setattr(compressed.get_submodule(parent), child, dense_equivalent(module))
-            elif form in {v.value for v in _TUCKER_VARIANTS}:
+            elif form in (Variant.MERGE_FIRST.value, Variant.MERGE_LAST.value):  # chain: the factorised module as it is
                 setattr(compressed.get_submodule(parent), child, variant_module(module, form))
         compressed = compressed.to(dev, dtype)
         x = torch.randn((self.key["batch"], *self.input_shape), device=dev, dtype=dtype)
-        measured = time_callable(lambda: compressed(x), iters=iters, warmup=warmup, device=dev).median_ms
+        with torch.inference_mode():
+            run = _torch_runner(compressed, x, Backend(self.key.get("backend", "eager")))
+        measured = time_callable(run, iters=iters, warmup=warmup, device=dev).median_ms
         return {"predicted_ms": predicted, "measured_ms": measured, "error": abs(predicted - measured) / measured}
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,8 +228,14 @@ class LatencyTable:
             raise BatudeError(f"cannot read latency table {path} ({type(err).__name__}); rebuild it with `batude lut build`") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
             raise BatudeError(f"{path} is not a batude latency table of version {VERSION}; rebuild it with `batude lut build`")
-        layers = {n: LayerTable(**t) for n, t in d["layers"].items()}
-        return cls(d["key"], d["input_shape"], d["model_ms"], d["other_ms"], layers)
+        try:
+            if not isinstance(d["key"], dict):
+                raise TypeError("'key' is not an object")
+            layers = {str(n): LayerTable(**t) for n, t in d["layers"].items()}
+            return cls(d["key"], list(d["input_shape"]), float(d["model_ms"]), float(d["other_ms"]), layers)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise BatudeError(f"latency table {path} is malformed ({type(err).__name__}: {err}); "
+                              "rebuild it with `batude lut build`") from None
 
 
 def _measure_grid(cand, grids: list[list[int]], x: torch.Tensor, time) -> dict[str, list]:
@@ -195,7 +244,7 @@ def _measure_grid(cand, grids: list[list[int]], x: torch.Tensor, time) -> dict[s
         row = []
         for r in grids[0]:
             layer = decompose_module(cand.module, kind, (r,), name=cand.name, init=Init.EMPTY).eval().to(x.device, x.dtype)
-            row.append(time(lambda m=layer: m(x), f"{cand.name} r{r}"))
+            row.append(time(layer, x, f"{cand.name} r{r}"))
         return {"chain": row}
     tables: dict[str, list] = {v.value: [] for v in _TUCKER_VARIANTS}
     for r1 in grids[0]:
@@ -204,7 +253,7 @@ def _measure_grid(cand, grids: list[list[int]], x: torch.Tensor, time) -> dict[s
             layer = decompose_module(cand.module, kind, (r1, r2), name=cand.name, init=Init.EMPTY)
             for v in _TUCKER_VARIANTS:
                 module = variant_module(layer, v).eval().to(x.device, x.dtype)
-                rows[v.value].append(time(lambda m=module: m(x), f"{cand.name} {v.value} {r1},{r2}"))
+                rows[v.value].append(time(module, x, f"{cand.name} {v.value} {r1},{r2}"))
         for v in _TUCKER_VARIANTS:
             tables[v.value].append(rows[v.value])
     return tables

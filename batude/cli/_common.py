@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from batude.checkpoint import Checkpoint, load_model
 from batude.errors import BatudeError
 from batude.rank.budget import Budget
 
-__all__ = ["Parser", "shape_arg", "budget_arg", "add_model_args", "load_from_args", "ProgressBar", "run"]
+__all__ = ["Parser", "shape_arg", "budget_arg", "device_arg", "positive_int", "non_negative_int", "add_model_args", "load_from_args",
+           "check_not_input", "ProgressBar", "run"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,9 +29,35 @@ def shape_arg(text: str) -> tuple[int, ...]:
         shape = tuple(int(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers, e.g. 1,3,224,224") from None
-    if len(shape) < 2 or any(d <= 0 for d in shape):
-        raise argparse.ArgumentTypeError(f"'{text}' must be N,C,H,W with positive sizes, e.g. 1,3,224,224")
+    if len(shape) != 4 or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"'{text}' must be N,C,H,W (four positive sizes), e.g. 1,3,224,224")
     return shape
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer; give a whole number >= {minimum}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"'{text}' is too small; give a whole number >= {minimum}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def device_arg(text: str) -> str:
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device '{text}'; use cpu, cuda or cuda:N") from None
+    return text
 
 
 def budget_arg(text: str) -> Budget:
@@ -50,6 +79,14 @@ def load_from_args(args: argparse.Namespace) -> tuple[Checkpoint, tuple[int, ...
     ckpt = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
     given = getattr(args, "input", None)
     return ckpt, tuple(given) if given else ckpt.input_shape
+
+
+def check_not_input(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """Refuse an output path that is one of the command's input files (it would be replaced)."""
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is not None and Path(given).exists() and Path(given).resolve() == target:
+            raise BatudeError(f"--out {out} is also an input of this command and would be overwritten; choose another --out")
 
 
 _open_line = False  # a progress line without its newline is on stderr
@@ -92,6 +129,12 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except BatudeError as err:
         print(f"{_fresh_line()}{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system refused (disk full, permissions, ...): not a batude bug
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{_fresh_line()}{parser.prog}: error: {where}{err.strerror or err}; check the path, its permissions and free disk space",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"{_fresh_line()}{parser.prog}: interrupted", file=sys.stderr)
+        print(f"{_fresh_line()}{parser.prog}: interrupted; no file was half-written, run the command again "
+              "(train/compress: add --resume)", file=sys.stderr)
         return 130

@@ -8,26 +8,28 @@ from pathlib import Path
 
 import torch
 
-from batude._io import write_text_atomic
+from batude._io import check_out_dir, write_text_atomic
 from batude.bench.backends import Backend, measure
 from batude.bench.env import environment
+from batude.bench.lut import table_key
 from batude.bench.report import add_speedups, latency_table, plot_speedup
-from batude.cli._common import add_model_args, load_from_args
-from batude.cli.model_cmds import apply_with_progress, require_dense
+from batude.cli._common import add_model_args, device_arg, load_from_args, non_negative_int, positive_int
+from batude.cli.model_cmds import apply_with_progress, plan_for
+from batude.export.lower import apply_variants
 from batude.nn import densify, flop_counter_macs
-from batude.rank.plan import RankPlan
 
 __all__ = ["register"]
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.out:
+        check_out_dir(args.out)  # fail before long work
     ckpt, shape = load_from_args(args)
     plan = ckpt.plan
     dense = None
     if args.plan:
-        require_dense(ckpt, args.model)
+        plan = plan_for(ckpt, args.model, args.plan)
         dense = ckpt.model
-        plan = RankPlan.load(args.plan)
         ckpt.model = _copy(dense)
         apply_with_progress(ckpt, plan)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
@@ -35,6 +37,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     models = {"compressed" if plan is not None else "model": ckpt.model}
     if args.compare_dense and plan is not None:
         models = {"dense": dense if dense is not None else densify(ckpt.model), **models}
+    if plan is not None and plan.variants:  # run each Tucker layer as the variant its latency table chose
+        models["compressed"] = apply_variants(models["compressed"], plan.variants)
     macs = {name: flop_counter_macs(m, (1, *per_image)) for name, m in models.items()}
     results = []
     for name, model in models.items():
@@ -45,6 +49,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results += rows
     add_speedups(results)
     print(latency_table(results))
+    if plan is not None and plan.latency:
+        _predicted_vs_measured(plan, results)
     layers = _per_layer(args, models, shape, dtype) if args.per_layer else None
     if args.out:
         out = Path(args.out)
@@ -56,6 +62,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             plot_speedup(results, out / "speedup_vs_flops.png")
         print(f"wrote {out / 'latency.json'}")
     return 0
+
+
+def _predicted_vs_measured(plan, results: list[dict]) -> None:
+    """Where a row was measured as the plan's latency table was (same device, versions, dtype, batch,
+    backend), record and print the table's prediction next to the measurement."""
+    table = plan.latency["table"]
+    for r in results:
+        if r["model"] != "compressed" or not r.get("available"):
+            continue
+        here = table_key(torch.device(r["device"]), getattr(torch, r["dtype"]), r["batch"], r["backend"])
+        if here != table:
+            continue
+        r["predicted_ms"] = plan.latency["predicted_ms"]
+        error = abs(r["predicted_ms"] - r["median_ms"]) / r["median_ms"]
+        print(f"{r['backend']} batch {r['batch']}: predicted {r['predicted_ms']:.3f} ms by the plan's latency table, "
+              f"measured {r['median_ms']:.3f} ms (error {100 * error:.1f}%)")
+    if not any("predicted_ms" in r for r in results):
+        print(f"the plan's latency table was measured for {table.get('hardware')} ({table.get('device')}, {table.get('dtype')}, "
+              f"batch {table.get('batch')}, {table.get('backend')}); no row here matches it, so no prediction is compared")
 
 
 def _per_layer(args: argparse.Namespace, models: dict, shape: tuple[int, ...], dtype: torch.dtype) -> list[dict]:
@@ -81,12 +106,15 @@ def _copy(model):
     return copy.deepcopy(model)
 
 
-def _list(kind):
+def _list(kind, hint: str):
     def parse(text: str):
-        try:
-            return [kind(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list") from None
+        values = []
+        for v in text.split(","):
+            try:
+                values.append(kind(v))
+            except (ValueError, argparse.ArgumentTypeError):
+                raise argparse.ArgumentTypeError(f"'{v}' in '{text}' is not valid; give {hint}") from None
+        return values
     return parse
 
 
@@ -94,14 +122,15 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="measure latency per backend and batch (dense baseline in the same run)")
     add_model_args(p)
     p.add_argument("--plan", help="rank plan to apply to a dense MODEL before measuring")
-    p.add_argument("--backend", type=_list(Backend), default=[Backend.EAGER],
-                   help="comma-separated: " + ", ".join(b.value for b in Backend) + " (default eager)")
-    p.add_argument("--batch", type=_list(int), default=[1], help="batch sizes, e.g. 1,64")
+    backends = ", ".join(b.value for b in Backend)
+    p.add_argument("--backend", type=_list(Backend, f"comma-separated backends from {backends}"), default=[Backend.EAGER],
+                   help=f"comma-separated: {backends} (default eager)")
+    p.add_argument("--batch", type=_list(positive_int, "positive batch sizes, e.g. 1,64"), default=[1], help="batch sizes, e.g. 1,64")
     p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     p.add_argument("--compare-dense", action="store_true", help="also measure the dense equivalent in the same run")
-    p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--device", default=None, help="cpu or cuda for the torch backends (default cpu)")
+    p.add_argument("--iters", type=positive_int, default=50)
+    p.add_argument("--warmup", type=non_negative_int, default=10)
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda for the torch backends (default cpu)")
     p.add_argument("--per-layer", action="store_true", help="also time each Tucker layer: dense vs every exact chain variant")
     p.add_argument("--out", default=None, help="folder for latency.json and speedup_vs_flops.png")
     p.set_defaults(func=_cmd_bench)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Sequence
 
+from batude._io import check_out_dir
 from batude.checkpoint import load_model
 from batude.cli._common import Parser, ProgressBar, run
-from batude.cli.model_cmds import require_dense
-from batude.errors import BatudeError
+from batude.cli.model_cmds import plan_for
 from batude.export.onnx_export import DEFAULT_OPSET
 from batude.export.pipeline import ExportOptions, export_model
-from batude.rank.plan import RankPlan, apply_plan_
+from batude.rank.plan import apply_plan_
 
 __all__ = ["build_export_parser", "export_main"]
 
@@ -46,8 +45,9 @@ def build_export_parser() -> argparse.ArgumentParser:
     batch.add_argument("--dynamic-batch", type=_profile, metavar="MIN:OPT:MAX", help="dynamic batch profile, e.g. 1:64:256")
     p.add_argument("--input-shape", type=lambda t: _ints(t, ",", "input shape"), default=None, metavar="C,H,W",
                    help="per-image input shape (default: from the checkpoint, else 3,224,224)")
-    p.add_argument("--variant", choices=["chain", "min-flops", "auto"], default="min-flops",
-                   help="Tucker chain lowering (auto = measured latency table once one exists; min-flops until then)")
+    p.add_argument("--variant", choices=["chain", "min-flops", "auto"], default="auto",
+                   help="Tucker chain lowering: auto (default) = the variants the plan's latency table found fastest "
+                        "(`batude plan --lut`), else min-flops; chain = always the 3-conv chain")
     p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton Inference Server model repository")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter instead of dynamo")
@@ -57,21 +57,26 @@ def build_export_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _variant_policy(choice: str, plan) -> str | dict[str, str]:
+    if choice != "auto":
+        return choice
+    return plan.variants if plan is not None and plan.variants else "min-flops"
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise BatudeError(f"--out {out} is a file; give a folder")
+    out = check_out_dir(args.out)  # fail before long work
+    if args.triton_repo:
+        check_out_dir(args.triton_repo, "--triton-repo")
     ckpt = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
     plan = ckpt.plan
     if args.plan:
-        require_dense(ckpt, args.model)
-        plan = RankPlan.load(args.plan)
+        plan = plan_for(ckpt, args.model, args.plan)
         bar = ProgressBar()
         apply_plan_(ckpt.model, plan, progress=lambda i, n, name: bar("factorising", i + 1, n, note=name))
     shape = tuple(args.input_shape) if args.input_shape else tuple(ckpt.input_shape[1:])
     options = ExportOptions(
         input_shape=shape, batches=tuple(args.batch), dynamic=args.dynamic_batch, fp16=args.fp16,
-        variant="min-flops" if args.variant == "auto" else args.variant, opset=args.opset,
+        variant=_variant_policy(args.variant, plan), opset=args.opset,
         dynamo=not args.legacy_exporter, trt=args.trt, triton_repo=args.triton_repo,
     )
     report = export_model(ckpt.model, out, options, plan=plan, emit=lambda line: print(line, flush=True))

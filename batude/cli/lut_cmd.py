@@ -9,9 +9,8 @@ import torch
 
 from batude._io import check_parent
 from batude.bench.lut import LatencyTable
-from batude.cli._common import add_model_args, load_from_args
-from batude.cli.model_cmds import require_dense
-from batude.rank.plan import RankPlan
+from batude.cli._common import add_model_args, check_not_input, device_arg, load_from_args, positive_int
+from batude.cli.model_cmds import plan_for, require_dense
 
 __all__ = ["register"]
 
@@ -22,22 +21,23 @@ def _dtype(name: str) -> torch.dtype:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     check_parent(args.out)
+    check_not_input(args.out, args.model)
     ckpt, shape = load_from_args(args)
     require_dense(ckpt, args.model)
     lut = LatencyTable.build(ckpt.model, shape[1:], batch=args.batch, dtype=_dtype(args.dtype), device=args.device,
-                             points=args.points, multiple_of=args.multiple_of, iters=args.iters)
+                             points=args.points, multiple_of=args.multiple_of or (16 if args.dtype == "fp16" else 8),
+                             iters=args.iters, backend=args.backend)
     lut.save(args.out)
     print(f"latency table for {len(lut.layers)} layers on {lut.key['hardware']} ({lut.key['device']}, {lut.key['dtype']}, "
-          f"batch {lut.key['batch']}): dense model {lut.model_ms:.3f} ms, non-factorisable part {lut.other_ms:.3f} ms -> {args.out}")
+          f"batch {lut.key['batch']}, {lut.key['backend']}): dense model {lut.model_ms:.3f} ms, non-factorisable part {lut.other_ms:.3f} ms -> {args.out}")
     return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     lut = LatencyTable.load(args.lut)
-    lut.check(args.device, _dtype(lut.key["dtype"]), lut.key["batch"])
+    lut.check(args.device, _dtype(lut.key["dtype"]), lut.key["batch"], lut.key.get("backend", "eager"))
     ckpt, _ = load_from_args(args)
-    require_dense(ckpt, args.model)
-    result = lut.validate(ckpt.model, RankPlan.load(args.plan), iters=args.iters)
+    result = lut.validate(ckpt.model, plan_for(ckpt, args.model, args.plan), iters=args.iters)
     print(json.dumps(result))
     print(f"predicted {result['predicted_ms']:.3f} ms, measured {result['measured_ms']:.3f} ms: error {100 * result['error']:.1f}%")
     return 0
@@ -48,18 +48,20 @@ def register(sub) -> None:
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     b = verbs.add_parser("build", help="measure every eligible layer (dense and factorised forms) on a rank grid")
     add_model_args(b)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", type=device_arg, default="cpu")
     b.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--points", type=int, default=4, help="grid points per rank")
-    b.add_argument("--multiple-of", type=int, default=8, help="grid ranks are multiples of this")
-    b.add_argument("--iters", type=int, default=20)
+    b.add_argument("--batch", type=positive_int, default=1)
+    b.add_argument("--points", type=positive_int, default=4, help="grid points per rank (at least 2)")
+    b.add_argument("--multiple-of", type=positive_int, default=None, help="grid ranks are multiples of this (default 16 for fp16, 8 for fp32)")
+    b.add_argument("--backend", choices=["eager", "cuda-graph"], default="eager",
+                   help="time each module eagerly or as a replayed CUDA graph (GPU; what a served model pays)")
+    b.add_argument("--iters", type=positive_int, default=20)
     b.add_argument("--out", required=True, help="JSON table to write")
     b.set_defaults(func=_cmd_build)
     v = verbs.add_parser("validate", help="predicted vs measured latency of MODEL compressed by --plan")
     v.add_argument("lut", metavar="LUT")
     add_model_args(v)
     v.add_argument("--plan", required=True)
-    v.add_argument("--device", default="cpu")
-    v.add_argument("--iters", type=int, default=20)
+    v.add_argument("--device", type=device_arg, default="cpu")
+    v.add_argument("--iters", type=positive_int, default=20)
     v.set_defaults(func=_cmd_validate)

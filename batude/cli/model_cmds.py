@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from batude._format import si
 from batude._io import check_parent, write_text_atomic
 from batude.checkpoint import Checkpoint, save
 from batude.errors import BatudeError
-from batude.cli._common import ProgressBar, add_model_args, budget_arg, load_from_args
+from batude.cli._common import ProgressBar, add_model_args, budget_arg, check_not_input, load_from_args
 from batude.functional.cost import LayerKind
 from batude.nn.profile import LayerProfile, ModelProfile, profile_model
 from batude.rank.filter import LayerFilter
+from batude.bench.lut import LatencyTable
+from batude.rank.budget import Metric
+from batude.rank.latency import fastest_plan
 from batude.rank.plan import RankPlan, apply_plan_
-from batude.rank.problem import SelectorConfig
+from batude.rank.problem import RankProblem, SelectorConfig
 from batude.rank.selectors import Method, select_ranks
 
-__all__ = ["register", "plan_summary", "profile_table", "add_selector_args", "selector_config"]
+__all__ = ["register", "plan_summary", "profile_table", "add_selector_args", "selector_config", "require_dense", "plan_for", "skipped_summary"]
 
 
 def _weight_shape(layer: LayerProfile) -> str:
@@ -61,7 +65,20 @@ def plan_summary(plan: RankPlan) -> str:
             f"{si(plan.dense_params)} -> {si(plan.params)} params ({plan.params_reduction:.3f}x)")
 
 
+def skipped_summary(plan: RankPlan) -> str:
+    """The layers ``plan`` leaves dense because they are not eligible (grouped/depthwise convs,
+    filtered out, shared weights...), one line each with the reason; empty when there are none."""
+    if not plan.skipped:
+        return ""
+    lines = [f"left dense ({len(plan.skipped)} layers not eligible for factorisation):"]
+    lines += [f"  {name}: {why}" for name, why in plan.skipped.items()]
+    return "\n".join(lines)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    if args.json:
+        check_parent(args.json)
+        check_not_input(args.json, args.model)
     ckpt, shape = load_from_args(args)
     profile = profile_model(ckpt.model, shape)
     print(profile_table(profile))
@@ -89,14 +106,73 @@ def require_dense(ckpt: Checkpoint, spec: str) -> None:
         raise BatudeError(f"{spec} is already compressed (it carries a rank plan); start from the dense model")
 
 
+def plan_for(ckpt: Checkpoint, spec: str, plan_path: str) -> RankPlan:
+    """The plan at ``plan_path``, refused unless ``ckpt`` is dense and of the architecture the plan was made for."""
+    require_dense(ckpt, spec)
+    plan = RankPlan.load(plan_path)
+    if plan.arch and ckpt.arch is not None and plan.arch != ckpt.arch.ref:
+        raise BatudeError(f"{plan_path} was made for {plan.arch}, but {spec} is {ckpt.arch.ref}; "
+                          f"make a plan for this model with `batude plan {spec}`")
+    return plan
+
+
+def latency_table_from_args(args: argparse.Namespace, shape: tuple[int, ...]) -> LatencyTable | None:
+    """The ``--lut`` table (for this input shape), or None; refuses --oracle or a latency budget without one."""
+    budgets = [args.budget, *(args.also or [])]
+    if args.lut is None:
+        if any(b is not None and b.metric is Metric.LATENCY for b in budgets) or getattr(args, "oracle", False):
+            raise BatudeError("latency budgets and --oracle need a latency table; build one with `batude lut build` and pass --lut FILE")
+        return None
+    table = LatencyTable.load(args.lut)
+    if list(table.input_shape) != list(shape[1:]):
+        raise BatudeError(f"{args.lut} was measured at input {table.input_shape}, the plan is for {list(shape[1:])}; "
+                          "build the table at the same input shape")
+    return table
+
+
+def latency_summary(plan: RankPlan) -> str:
+    rec = plan.latency
+    if not rec:
+        return ""
+    t = rec["table"]
+    return (f"predicted latency ({t.get('device')} {t.get('dtype')} batch {t.get('batch')} {t.get('backend')}): "
+            f"{rec['predicted_ms']:.4g} ms vs dense {rec['dense_ms']:.4g} ms "
+            f"({rec['speedup']:.3f}x {'faster' if rec['speedup'] >= 1 else 'as fast: slower than dense'})")
+
+
+def _oracle_check(model, plan: RankPlan, args: argparse.Namespace, shape, table: LatencyTable) -> RankPlan:
+    """Compare ``plan`` with the fastest plan over the table's grid under the same MACs/params limit."""
+    limits = [b for b in [args.budget, *(args.also or [])] if b.metric is not Metric.LATENCY]
+    if not limits:
+        raise BatudeError("--oracle minimises latency under a MACs or params limit; add one, e.g. --also 2.52x")
+    problem = RankProblem.from_model(model, shape, limits[0].metric, SelectorConfig(multiple_of=1), table)
+    oracle = fastest_plan(problem, problem.limit_of(limits[0]))
+    share = plan.latency["speedup"] / oracle.latency["speedup"]
+    print(f"oracle (exhaustive search over the table's grid at {limits[0]}, accuracy ignored): "
+          f"{oracle.latency['predicted_ms']:.4g} ms ({oracle.latency['speedup']:.3f}x faster); "
+          f"this plan reaches {share:.1%} of its speed-up")
+    record = {"predicted_ms": oracle.latency["predicted_ms"], "speedup": oracle.latency["speedup"], "share": share,
+              "limit": str(limits[0]), "ranks": {l.name: l.ranks and list(l.ranks) for l in oracle.layers}}
+    return replace(plan, options={**plan.options, "oracle": record})
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     check_parent(args.out)  # fail before long work
+    check_not_input(args.out, args.model)
     ckpt, shape = load_from_args(args)
     require_dense(ckpt, args.model)
-    plan = select_ranks(ckpt.model, args.budget, args.method, input_shape=shape, config=selector_config(args))
+    table = latency_table_from_args(args, shape)
+    plan = select_ranks(ckpt.model, args.budget, args.method, input_shape=shape, config=selector_config(args),
+                        latency=table, also=args.also or ())
     plan = plan.with_arch(ckpt.arch.ref if ckpt.arch else None)
+    if args.oracle:
+        plan = _oracle_check(ckpt.model, plan, args, shape, table)
     plan.save(args.out)
     print(plan_summary(plan))
+    if plan.latency:
+        print(latency_summary(plan))
+    if plan.skipped:
+        print(skipped_summary(plan))
     print(f"wrote {args.out}")
     return 0
 
@@ -108,9 +184,9 @@ def apply_with_progress(ckpt: Checkpoint, plan: RankPlan, hooi_iters: int = 0) -
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     check_parent(args.out)  # fail before long work
+    check_not_input(args.out, args.model, args.plan)
     ckpt, _ = load_from_args(args)
-    require_dense(ckpt, args.model)
-    plan = RankPlan.load(args.plan)
+    plan = plan_for(ckpt, args.model, args.plan)
     apply_with_progress(ckpt, plan, args.hooi_iters)
     save(args.out, ckpt.model, plan=plan, arch=ckpt.arch, metadata={"input_shape": list(plan.input_shape)})
     print(plan_summary(plan))
@@ -120,8 +196,13 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def add_selector_args(p: argparse.ArgumentParser, *, methods: list[str], default: str, budget_required: bool = True) -> None:
     p.add_argument("--method", choices=methods, default=default, help=f"rank selector (default {default})")
-    p.add_argument("--budget", type=budget_arg, required=budget_required, help="e.g. 2.52x, 40%%, 1.2GMAC, 3.5MFLOP, params:3x")
-    p.add_argument("--multiple-of", type=int, default=1, help="round ranks to multiples of this (hardware alignment)")
+    p.add_argument("--budget", type=budget_arg, required=budget_required, help="e.g. 2.52x, 40%%, 1.2GMAC, 3.5MFLOP, params:3x, latency:2x (needs --lut)")
+    p.add_argument("--multiple-of", type=int, default=None,
+                   help="round ranks to multiples of this (default 1; with --lut: 16 for fp16/bf16 tables, 8 for fp32)")
+    p.add_argument("--lut", default=None, metavar="FILE",
+                   help="latency table from `batude lut build`: enables latency budgets, keep-dense and variant choice by measured time")
+    p.add_argument("--also", action="append", type=budget_arg, metavar="BUDGET",
+                   help="a further limit the plan must meet too, e.g. --budget 2.52x --also latency:1x (repeatable)")
     p.add_argument("--min-rank", type=int, default=1, help="smallest rank any factor may get")
     p.add_argument("--include", action="append", metavar="GLOB", help="only layers whose name matches (repeatable)")
     p.add_argument("--exclude", action="append", metavar="GLOB", help="skip layers whose name matches (repeatable)")
@@ -138,6 +219,9 @@ def register(sub) -> None:
     p = sub.add_parser("plan", help="choose ranks for a budget (training-free) and write a rank plan (JSON)")
     add_model_args(p)
     add_selector_args(p, methods=[m.value for m in Method], default="uniform")
+    p.add_argument("--oracle", action="store_true",
+                   help="with --lut: also find the fastest plan over the table's grid under the MACs/params limit and "
+                        "report this plan's share of its speed-up (recorded in the plan's options)")
     p.add_argument("--out", required=True, help="plan JSON to write")
     p.set_defaults(func=_cmd_plan)
 

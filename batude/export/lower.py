@@ -28,7 +28,7 @@ from batude.errors import BatudeError
 from batude.nn.profile import profile_model
 from batude.nn.tucker_conv import TuckerConv2d
 
-__all__ = ["Variant", "variant_macs", "variant_module", "choose_variants", "fold_batchnorm", "lower"]
+__all__ = ["Variant", "variant_macs", "variant_module", "apply_variants", "choose_variants", "fold_batchnorm", "lower"]
 
 
 class Variant(str, enum.Enum):
@@ -143,14 +143,24 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     return folded
 
 
-def lower(model: nn.Module, input_shape: Sequence[int], policy: str | Mapping[str, str] = "min-flops") -> tuple[fx.GraphModule, dict[str, Variant]]:
-    """An eval-mode copy of ``model`` with chosen variants and folded BatchNorm (see module docs)."""
-    model = copy.deepcopy(model).eval()
-    variants = choose_variants(model, input_shape, policy)
+def apply_variants(model: nn.Module, variants: Mapping[str, Variant | str]) -> nn.Module:
+    """A copy of ``model`` with each named Tucker layer rebuilt as its variant (exact; BatchNorm untouched)."""
+    model = copy.deepcopy(model)
     for name, variant in variants.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, variant_module(parent.get_submodule(child), variant))
+        layer = parent.get_submodule(child)
+        if not isinstance(layer, TuckerConv2d):
+            raise BatudeError(f"variant given for '{name}', which is not a Tucker layer of this model")
+        if Variant(variant) is not Variant.CHAIN:
+            setattr(parent, child, variant_module(layer, variant))
+    return model
+
+
+def lower(model: nn.Module, input_shape: Sequence[int], policy: str | Mapping[str, str] = "min-flops") -> tuple[fx.GraphModule, dict[str, Variant]]:
+    """An eval-mode copy of ``model`` with chosen variants and folded BatchNorm (see module docs)."""
+    variants = choose_variants(model, input_shape, policy)
+    model = apply_variants(model, variants).eval()
     try:
         gm = fx.symbolic_trace(model)
     except Exception as err:  # noqa: BLE001 - fx raises many types on untraceable models

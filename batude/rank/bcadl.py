@@ -32,7 +32,8 @@ from batude.functional.cost import LayerKind
 from batude.functional.tucker import svt, unfold
 from batude.rank.budget import Budget
 from batude.rank.filter import LayerFilter
-from batude.rank.greedy import Score, budgeted_ranks, fill_to_budget, step_value
+from batude.rank.greedy import Score, budgeted_ranks, enforce_limits, fill_to_budget, step_value
+from batude.rank.latency import LatencyModel
 from batude.rank.plan import RankPlan
 from batude.rank.problem import RankProblem, SelectorConfig
 
@@ -59,7 +60,7 @@ class BCADLConfig:
     alpha: tuple[float, float] = (0.5, 0.5)
     period: int = 100
     min_rank: int = 1
-    multiple_of: int = 1
+    multiple_of: int | None = None
     layer_filter: LayerFilter | None = None
     score: Score = Score.JOINT_PER_COST
 
@@ -108,11 +109,14 @@ class BCADL:
     """Budget-constrained ADMM rank learning on ``model``'s eligible layers (see module docs)."""
 
     def __init__(self, model: nn.Module, budget: Budget | str, config: BCADLConfig | None = None,
-                 input_shape: Sequence[int] = (1, 3, 224, 224)) -> None:
+                 input_shape: Sequence[int] = (1, 3, 224, 224), latency: LatencyModel | None = None,
+                 also: Sequence[Budget | str] = ()) -> None:
         self.config = config or BCADLConfig()
         self.budget = Budget.parse(budget) if isinstance(budget, str) else budget
-        self.problem = RankProblem.from_model(model, input_shape, self.budget.metric, self.config.selector())
-        self.limit = self.problem.check_feasible(self.budget)  # fails before any training
+        self.also = [Budget.parse(b) if isinstance(b, str) else b for b in also]
+        self.problem = RankProblem.from_model(model, input_shape, self.budget.metric, self.config.selector(), latency)
+        limits = self.problem.limits(self.budget, self.also)  # fails before any training
+        self.limit, self.extra_limits = limits[0].value, limits[1:]
         self.rho = self.config.rho0
         self.steps = 0
         self.updates = 0
@@ -164,7 +168,7 @@ class BCADL:
         thresholds = self.thresholds()
         self.last_thresholds = thresholds  # the spectra below were thresholded at these
         spectra = [[sp.sigma for sp in splits] for splits in self.splits]
-        self.ranks = budgeted_ranks(self.problem, spectra, thresholds, self.limit, self.config.score)
+        self.ranks = budgeted_ranks(self.problem, spectra, thresholds, self.limit, self.config.score, self.extra_limits)
         for splits, per, ranks, thr in zip(self.splits, factors, self.ranks, thresholds):
             for sp, (p, s, qh), r, t in zip(splits, per, ranks, thr):
                 sp.z = svt(p, s, qh, r, t).to(sp.z.dtype)
@@ -207,8 +211,15 @@ class BCADL:
                 return value
             return value / added if added > 0 else float("inf")
 
-        ranks = fill_to_budget(self.problem, self.ranks, self.limit, gain_per_cost)
+        limits = [self.problem.limit_of(self.budget), *self.extra_limits]
+        ranks = self.ranks
+        if not self.problem.fits(ranks, limits):  # only where keep-dense adds cost in another metric
+            spectra = [[sp.sigma for sp in splits] for splits in self.splits]
+            ranks = enforce_limits(self.problem, spectra, thresholds, ranks, limits, self.config.score)
+        ranks = fill_to_budget(self.problem, ranks, self.limit, gain_per_cost, self.extra_limits)
         options = {"bcadl": self.config.to_dict(), "steps": self.steps, "updates": self.updates, "final_rho": self.rho}
+        if self.also:
+            options["also"] = [str(b) for b in self.also]
         return self.problem.to_plan(ranks, method, self.budget, options)
 
     def state_dict(self) -> dict[str, Any]:

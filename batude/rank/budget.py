@@ -9,10 +9,16 @@ chooses the metric, MACs by default):
 ``1.2GMAC``        at most 1.2e9 MACs per image (``K``, ``M``, ``G``, ``T`` prefixes; ``MACs`` ok)
 ``3.5MFLOP``       at most 3.5e6 FLOPs per image = 1.75e6 MACs (FLOPs = 2 * MACs)
 ``params:3x``      at least 3x fewer parameters; ``params:40%``; ``params:1.5M`` (absolute count)
+``latency:2x``     at least 2x faster than dense, as predicted by a latency lookup table
+``latency:60%``    at most 60% of dense latency; ``latency:1.25ms`` (``us``/``ms``/``s``) absolute
 =================  ====================================================================
 
 MACs and parameters are those of the counted units (conv and linear layers; see
-:mod:`batude.nn.profile`), for the whole model: layers that stay dense count at full cost.
+:mod:`batude.nn.profile`), for the whole model: layers that stay dense count at full cost; a
+factorised Tucker layer counts as its 3-layer chain whatever exact variant is deployed. Latency is
+whole-model latency at the lookup table's device, batch and dtype (see
+:class:`batude.rank.latency.LatencyModel`); ``x`` is always a reduction factor, so "half the
+latency of dense" is ``latency:2x`` or ``latency:50%``.
 """
 
 from __future__ import annotations
@@ -28,23 +34,29 @@ __all__ = ["Metric", "BudgetKind", "Budget"]
 
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?"
-_HELP = "use e.g. '2.52x', '40%', '1.2GMAC', '3.5MFLOP', 'params:3x' or 'params:1.5M'"
+_HELP = "use e.g. '2.52x', '40%', '1.2GMAC', '3.5MFLOP', 'params:3x', 'params:1.5M', 'latency:2x' or 'latency:1.5ms'"
+_TIME = {"us": 1e-3, "ms": 1.0, "s": 1e3}  # -> milliseconds
 
 
 class Metric(str, enum.Enum):
     MACS = "macs"
     PARAMS = "params"
+    LATENCY = "latency"  # milliseconds per batch, predicted by a latency lookup table
+
+    @property
+    def unit(self) -> str:
+        return {"macs": "MACs", "params": "params", "latency": "ms"}[self.value]
 
 
 class BudgetKind(str, enum.Enum):
     RATIO = "ratio"  # value = reduction factor (> 1)
     FRACTION = "fraction"  # value = allowed fraction of dense, in (0, 1)
-    ABSOLUTE = "absolute"  # value = MACs per image, or parameter count
+    ABSOLUTE = "absolute"  # value = MACs per image, parameter count, or milliseconds
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A limit on a model's MACs or parameters, relative to dense or absolute."""
+    """A limit on a model's MACs, parameters or latency, relative to dense or absolute."""
 
     metric: Metric
     kind: BudgetKind
@@ -77,6 +89,8 @@ class Budget:
                 metric = Metric.MACS
             elif prefix in ("params", "param"):
                 metric = Metric.PARAMS
+            elif prefix in ("latency", "lat", "time"):
+                return cls._parse_latency(text, rest)
             else:
                 raise BatudeError(f"budget '{text}': unknown metric '{prefix}'; {_HELP}")
             s = rest
@@ -101,6 +115,22 @@ class Budget:
         value = number * scale / (2.0 if what.startswith("flop") else 1.0)
         return cls(metric, BudgetKind.ABSOLUTE, value)
 
+    @classmethod
+    def _parse_latency(cls, text: str, s: str) -> "Budget":
+        m = re.fullmatch(_NUMBER + r"(x|%|us|ms|s)", s)
+        if m is None:
+            raise BatudeError(f"latency budget '{text}' does not parse; use e.g. 'latency:2x' (2x faster than dense), "
+                              "'latency:60%' (60% of dense latency) or 'latency:1.5ms'")
+        number, unit = float(m.group(1)) * 10 ** int(m.group(2) or 0), m.group(3)
+        if unit == "x":
+            if 0 < number < 1:
+                raise BatudeError(f"latency budget '{text}': 'x' is a speed-up factor and must be > 1; for "
+                                  f"{number:g} of dense latency write 'latency:{number * 100:g}%' or 'latency:{1 / number:.4g}x'")
+            return cls(Metric.LATENCY, BudgetKind.RATIO, number)
+        if unit == "%":
+            return cls(Metric.LATENCY, BudgetKind.FRACTION, number / 100.0)
+        return cls(Metric.LATENCY, BudgetKind.ABSOLUTE, number * _TIME[unit])
+
     def limit(self, dense_total: int) -> float:
         """The largest allowed whole-model cost, in this budget's metric units."""
         if self.kind is BudgetKind.RATIO:
@@ -110,11 +140,13 @@ class Budget:
         return self.value
 
     def __str__(self) -> str:
-        prefix = "params:" if self.metric is Metric.PARAMS else ""
+        prefix = "" if self.metric is Metric.MACS else f"{self.metric.value}:"
         if self.kind is BudgetKind.RATIO:
             return f"{prefix}{self.value:g}x"
         if self.kind is BudgetKind.FRACTION:
             return f"{prefix}{self.value * 100:g}%"
+        if self.metric is Metric.LATENCY:
+            return f"{prefix}{self.value:.6g}ms"
         return prefix + si(self.value, "" if self.metric is Metric.PARAMS else "MAC", digits=6)
 
     def to_dict(self) -> dict:

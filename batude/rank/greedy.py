@@ -19,8 +19,10 @@ other is cut to rank 1 keeps almost nothing; the separable sum cannot see that a
 bilinear core cost, drifts to such corners (observed on ResNet-20: ranks like (11, 1)). For 1x1
 convs and Linears (one unfolding) the two scores coincide.
 
-Costs here are chain costs (the factorised layer's MACs or params at these ranks). Ties break by
-layer order then mode, so the rule is deterministic. The result meets the budget or raises.
+Costs here are chain costs (the factorised layer's MACs, params or predicted ms at these ranks).
+Extra limits (``also``: e.g. a latency cap on a MACs budget) are met after the budget, by the same
+rule with cost saved measured in that limit's metric. Ties break by layer order then mode, so the
+rule is deterministic. The result meets the budget (and every extra limit) or raises.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from typing import Callable, Sequence
 import torch
 
 from batude.errors import BatudeError
-from batude.rank.problem import RankProblem
+from batude.rank.budget import Metric
+from batude.rank.problem import Limit, RankProblem
 
-__all__ = ["Score", "kept_gain", "step_value", "budgeted_ranks", "fill_to_budget"]
+__all__ = ["Score", "kept_gain", "step_value", "budgeted_ranks", "enforce_limits", "fill_to_budget"]
 
 Ranks = tuple[int, ...]
 StepScore = Callable[[int, int, int, int, Ranks], float]  # (candidate, mode, current, next, its ranks) -> priority
@@ -100,17 +103,49 @@ def budgeted_ranks(
     thresholds: Sequence[Sequence[float]],
     limit: float,
     score: Score | str = Score.GAIN_PER_COST,
+    also: Sequence[Limit] = (),
 ) -> list[Ranks]:
-    """Ranks per candidate (per mode) that fit ``limit`` under the greedy rule above.
+    """Ranks per candidate (per mode) that fit ``limit`` (and ``also``) under the greedy rule above.
 
     Args:
         spectra: ``spectra[l][n]``: descending singular values of unfolding ``n`` of candidate ``l``.
         thresholds: ``thresholds[l][n]``: the soft threshold ``t`` of that unfolding.
         limit: largest allowed whole-model cost (problem's metric).
+        also: further limits, in any metric the problem can cost.
     """
     score = Score(score)
     ranks = _start_ranks(problem, spectra, thresholds)
-    total = problem.fixed + sum(problem.chain_cost(i, r) for i, r in enumerate(ranks))
+    for metric, value in [(problem.metric, limit)] + [(extra.metric, extra.value) for extra in also]:
+        _remove_until(problem, spectra, thresholds, ranks, metric, value, score)
+    if problem.chain_total(ranks) > limit:  # a latency cap can, in principle, undo a latency budget
+        _remove_until(problem, spectra, thresholds, ranks, problem.metric, limit, score)
+    return ranks
+
+
+def enforce_limits(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ranks], limits: Sequence[Limit],
+                   score: Score | str = Score.JOINT_PER_COST) -> list[Ranks]:
+    """Lower ``ranks`` by the greedy rule until every limit holds on *effective* costs.
+
+    Needed where a layer the primary metric keeps dense costs more in another metric than its chain
+    (e.g. a latency budget keeps a slow chain dense, which adds MACs against a MACs limit).
+    """
+    ranks = [tuple(r) for r in ranks]
+    for limit in limits:
+        _remove_until(problem, spectra, thresholds, ranks, limit.metric, limit.value, Score(score), effective=True)
+    if not problem.fits(ranks, limits):
+        raise BatudeError("no ranks meet every limit together; loosen the budget or the --also limits")
+    return ranks
+
+
+def _remove_until(problem: RankProblem, spectra, thresholds, ranks: list[Ranks], metric: Metric, limit: float,
+                  score: Score, effective: bool = False) -> None:
+    """Remove grid steps, least value per ``metric`` saved first, until the total fits ``limit``.
+
+    Chain totals (every candidate factorised; the Z-step's view), or with ``effective`` the
+    totals of the plan the ranks describe (layers kept dense where the primary metric says so).
+    """
+    cost = problem.layer_cost if effective else problem.chain_cost
+    total = problem.total(ranks, metric) if effective else problem.chain_total(ranks, metric)
     version = [0] * len(ranks)
     heap: list[tuple[float, int, int, int]] = []
 
@@ -121,31 +156,31 @@ def budgeted_ranks(
             if not lower:
                 continue
             trial = ranks[i][:mode] + (lower[-1],) + ranks[i][mode + 1:]
-            saved = problem.chain_cost(i, ranks[i]) - problem.chain_cost(i, trial)
+            saved = cost(i, ranks[i], metric) - cost(i, trial, metric)
             value = step_value(spectra[i], thresholds[i], ranks[i], mode, lower[-1], current, score)
-            key = value / saved if score.per_cost else value
+            key = value if not score.per_cost else (value / saved if saved > 0 else float("inf"))
             heapq.heappush(heap, (key, i, mode, version[i]))
 
     for i in range(len(ranks)):
         push(i)
     while total > limit:
         if not heap:
-            raise BatudeError(f"budget infeasible: even minimum ranks cost {total:.4g} > {limit:.4g}; loosen the budget")
+            raise BatudeError(f"budget infeasible: even minimum ranks cost {total:.4g} > {limit:.4g} {metric.unit}; loosen the budget")
         _, i, mode, ver = heapq.heappop(heap)
         if ver != version[i]:
             continue  # stale: the layer changed since this entry was scored
         grid = problem.candidates[i].grids[mode]
         new = max(g for g in grid if g < ranks[i][mode])
         trial = ranks[i][:mode] + (new,) + ranks[i][mode + 1:]
-        total += problem.chain_cost(i, trial) - problem.chain_cost(i, ranks[i])
+        total += cost(i, trial, metric) - cost(i, ranks[i], metric)
         ranks[i] = trial
         version[i] += 1
         push(i)
-    return ranks
 
 
-def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks], limit: float, score: StepScore) -> list[Ranks]:
-    """Raise ranks one grid step at a time, best ``score`` first, while the budget allows.
+def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks], limit: float, score: StepScore,
+                   also: Sequence[Limit] = ()) -> list[Ranks]:
+    """Raise ranks one grid step at a time, best ``score`` first, while the budget (and ``also``) allows.
 
     Uses effective costs (min(chain, dense)), so it spends slack that rounding or layers kept
     dense left. ``score(layer, mode, current, next, layer_ranks)``: higher goes first; ties by
@@ -153,6 +188,7 @@ def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks], limit: float, s
     """
     ranks = [tuple(r) for r in ranks]
     total = problem.total(ranks)
+    extra = [[lim, problem.total(ranks, lim.metric)] for lim in also]
     blocked: set[tuple[int, int]] = set()
     while True:
         best = None
@@ -169,7 +205,11 @@ def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks], limit: float, s
         _, i, mode, nxt = best
         trial = ranks[i][:mode] + (nxt,) + ranks[i][mode + 1:]
         new_total = total - problem.layer_cost(i, ranks[i]) + problem.layer_cost(i, trial)
-        if new_total <= limit:
+        new_extra = [t - problem.layer_cost(i, ranks[i], lim.metric) + problem.layer_cost(i, trial, lim.metric)
+                     for lim, t in extra]
+        if new_total <= limit and all(t <= lim.value for (lim, _), t in zip(extra, new_extra)):
             ranks[i], total = trial, new_total
-        else:  # costs only grow as other ranks grow: this step never fits again
+            for pair, t in zip(extra, new_extra):
+                pair[1] = t
+        else:  # costs (nearly always) only grow as other ranks grow: this step never fits again
             blocked.add((i, mode))

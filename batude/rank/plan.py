@@ -19,7 +19,7 @@ from torch import nn
 from batude._io import write_text_atomic
 from batude.errors import BatudeError
 from batude.functional.cost import ConvGeometry, LayerKind, max_ranks
-from batude.nn.decompose import Init, decompose_module, decomposed_kind
+from batude.nn.decompose import Init, decompose_module, decomposed_kind, kind_of
 from batude.rank.budget import Budget
 
 __all__ = ["FORMAT_VERSION", "LayerPlan", "RankPlan", "apply_plan_"]
@@ -86,6 +86,7 @@ class RankPlan:
     params: int
     skipped: dict[str, str] = field(default_factory=dict)  # layer name -> why not eligible
     options: dict[str, Any] = field(default_factory=dict)  # selector options, for the record
+    latency: dict[str, Any] | None = None  # predicted by a latency table: ms, speed-up, variants, table key
     arch: str | None = None
     version: int = FORMAT_VERSION
 
@@ -97,6 +98,15 @@ class RankPlan:
     @property
     def params_reduction(self) -> float:
         return self.dense_params / self.params
+
+    @property
+    def variants(self) -> dict[str, str]:
+        """Per factorised Tucker-2 layer, the exact variant a latency table found fastest (empty without one).
+
+        (A low-rank 1x1/Linear layer has one form, its two-layer chain.)
+        """
+        tucker = {l.name for l in self.layers if l.ranks is not None and l.kind is LayerKind.TUCKER2}
+        return {n: v for n, v in (self.latency or {}).get("variants", {}).items() if n in tucker}
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
@@ -125,6 +135,7 @@ class RankPlan:
                 "params_reduction": round(self.params_reduction, 6),
             },
             "options": self.options,
+            "latency": self.latency,
             "layers": [layer.to_dict() for layer in self.layers],
             "skipped": dict(self.skipped),
         }
@@ -140,6 +151,8 @@ class RankPlan:
             )
         try:
             totals = d["totals"]
+            if min(int(totals[k]) for k in ("dense_macs", "dense_params", "macs", "params")) <= 0:
+                raise ValueError("costs in 'totals' must be positive")
             return cls(
                 layers=tuple(LayerPlan.from_dict(x) for x in d["layers"]),
                 method=str(d["method"]),
@@ -151,6 +164,7 @@ class RankPlan:
                 params=int(totals["params"]),
                 skipped=dict(d.get("skipped", {})),
                 options=dict(d.get("options", {})),
+                latency=_latency_record(d.get("latency")),
                 arch=d.get("arch"),
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -175,25 +189,40 @@ class RankPlan:
         return cls.from_dict(data)
 
 
+def _latency_record(d: Any) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("variants", {}), dict):
+        raise ValueError("'latency' must be an object with a 'variants' object")
+    return dict(d)
+
+
 def _check_layer(module: nn.Module, layer: LayerPlan) -> None:
     g = layer.geometry
+    kind = kind_of(module)
+    if kind is not layer.kind:
+        what = kind.value if kind else f"not factorisable ({type(module).__name__})"
+        raise BatudeError(
+            f"layer '{layer.name}' is {what}, but the plan says {layer.kind.value}; the plan was made for another "
+            "architecture, make one for this model with `batude plan`"
+        )
     if isinstance(module, nn.Conv2d):
         actual = (module.out_channels, module.in_channels, tuple(module.kernel_size))
-    elif isinstance(module, nn.Linear):
-        actual = (module.out_features, module.in_features, (1, 1))
     else:
-        actual = None
-    if actual is not None and actual != (g.out_channels, g.in_channels, g.kernel):
+        actual = (module.out_features, module.in_features, (1, 1))
+    if actual != (g.out_channels, g.in_channels, g.kernel):
         raise BatudeError(
             f"layer '{layer.name}' has (out, in, kernel) = {actual} but the plan expects "
-            f"{(g.out_channels, g.in_channels, g.kernel)}; the plan was made for another architecture"
+            f"{(g.out_channels, g.in_channels, g.kernel)}; the plan was made for another architecture, "
+            "make one for this model with `batude plan`"
         )
     if layer.ranks is not None:
         limits = max_ranks(layer.kind, g)
         if len(layer.ranks) != len(limits) or not all(1 <= r <= m for r, m in zip(layer.ranks, limits)):
             raise BatudeError(
                 f"layer '{layer.name}': ranks {list(layer.ranks)} are impossible for {layer.kind.value} "
-                f"with out={g.out_channels}, in={g.in_channels} (each rank must be in 1..{list(limits)})"
+                f"with out={g.out_channels}, in={g.in_channels} (each rank must be in 1..{list(limits)}); "
+                "fix the plan or make a new one with `batude plan`"
             )
 
 
@@ -224,7 +253,7 @@ def apply_plan_(
         if module is None or layer.name == "":
             raise BatudeError(
                 f"the plan names layer '{layer.name}', which this model does not have; the plan was "
-                f"made for {plan.arch or 'another architecture'}"
+                f"made for {plan.arch or 'another architecture'}, make one for this model with `batude plan`"
             )
         if decomposed_kind(module) is not None:
             raise BatudeError(f"layer '{layer.name}' is already factorised; apply plans to a dense model")

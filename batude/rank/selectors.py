@@ -22,7 +22,8 @@ from batude.functional.vbmf import evbmf
 from batude.rank.budget import Budget
 from batude.rank.greedy import StepScore, fill_to_budget
 from batude.rank.plan import RankPlan
-from batude.rank.problem import Candidate, RankProblem, SelectorConfig
+from batude.rank.latency import LatencyModel
+from batude.rank.problem import Candidate, Limit, RankProblem, SelectorConfig
 
 __all__ = ["Method", "select_ranks", "uniform_ranks", "energy_ranks", "vbmf_ranks"]
 
@@ -44,26 +45,27 @@ def _unfoldings(cand: Candidate) -> list[torch.Tensor]:
     return [unfold(weight, mode) for mode in range(cand.layer.kind.n_ranks)]
 
 
-def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limit: float) -> tuple[float, list[Ranks]]:
-    """Largest parameter in [lo, hi] whose ranks fit ``limit`` (``family(lo)`` must fit)."""
-    if problem.total(family(hi)) <= limit:
+def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limits: Sequence[Limit]) -> tuple[float, list[Ranks]]:
+    """Largest parameter in [lo, hi] whose ranks fit ``limits`` (``family(lo)`` must fit)."""
+    if problem.fits(family(hi), limits):
         return hi, family(hi)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if problem.total(family(mid)) <= limit:
+        if problem.fits(family(mid), limits):
             lo = mid
         else:
             hi = mid
     return lo, family(lo)
 
 
-def _select(problem: RankProblem, budget: Budget, family: Family, hi: float, score: StepScore) -> tuple[float, list[Ranks]]:
-    limit = problem.check_feasible(budget)
-    param, ranks = _bisect(problem, family, 0.0, hi, limit)
-    return param, fill_to_budget(problem, ranks, limit, score)
+def _select(problem: RankProblem, budget: Budget, family: Family, hi: float, score: StepScore,
+            also: Sequence[Budget] = ()) -> tuple[float, list[Ranks]]:
+    limits = problem.limits(budget, also)
+    param, ranks = _bisect(problem, family, 0.0, hi, limits)
+    return param, fill_to_budget(problem, ranks, limits[0].value, score, limits[1:])
 
 
-def uniform_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Ranks]]:
+def uniform_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks]]:
     """One ratio ``r`` for every rank: ``R = ceil(r * full)`` snapped up to the grid."""
     fulls = [[g[-1] for g in c.grids] for c in problem.candidates]
 
@@ -73,7 +75,7 @@ def uniform_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Rank
     def score(i: int, mode: int, cur: int, nxt: int, _: Ranks) -> float:
         return -cur / fulls[i][mode]  # lowest ratio first keeps the ratios uniform
 
-    r, ranks = _select(problem, budget, family, 1.0, score)
+    r, ranks = _select(problem, budget, family, 1.0, score, also)
     return {"ratio": r}, ranks
 
 
@@ -88,7 +90,7 @@ def _energy_curves(problem: RankProblem) -> list[list[torch.Tensor]]:
     return curves
 
 
-def energy_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Ranks]]:
+def energy_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks]]:
     """One global threshold ``t`` on the kept fraction of singular-value energy (sum of s^2).
 
     Each unfolding keeps the smallest rank whose leading singular values hold at least ``t`` of
@@ -109,11 +111,11 @@ def energy_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Ranks
         curve = curves[i][mode]
         return float(curve[nxt - 1] - curve[cur - 1])  # energy the step adds
 
-    t, ranks = _select(problem, budget, family, 1.0, score)
+    t, ranks = _select(problem, budget, family, 1.0, score, also)
     return {"energy_threshold": t}, ranks
 
 
-def vbmf_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Ranks]]:
+def vbmf_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks]]:
     """EVBMF rank estimate per unfolding (Kim et al. 2016), scaled by one factor ``s`` to the budget."""
     estimates = problem.memo("vbmf_ranks", lambda: [
         [max(evbmf(matrix).rank, 1) for matrix in _unfoldings(c)] for c in problem.candidates
@@ -126,7 +128,7 @@ def vbmf_ranks(problem: RankProblem, budget: Budget) -> tuple[dict, list[Ranks]]
         return -cur / estimates[i][mode]
 
     hi = max(g[-1] / est for c, e in zip(problem.candidates, estimates) for g, est in zip(c.grids, e))
-    s, ranks = _select(problem, budget, family, float(hi), score)
+    s, ranks = _select(problem, budget, family, float(hi), score, also)
     return {"vbmf_scale": s, "vbmf_ranks": {c.name: e for c, e in zip(problem.candidates, estimates)}}, ranks
 
 
@@ -139,23 +141,31 @@ def select_ranks(
     method: Method | str = Method.UNIFORM,
     input_shape: Sequence[int] = (1, 3, 224, 224),
     config: SelectorConfig | None = None,
+    latency: LatencyModel | None = None,
+    also: Sequence[Budget | str] = (),
 ) -> RankPlan:
     """A :class:`RankPlan` for ``model`` meeting ``budget`` with a training-free selector.
 
     Args:
         model: a dense model (layers already factorised are left as they are).
-        budget: a :class:`Budget` or its string form (``"2.52x"``, ``"params:3x"``...).
+        budget: a :class:`Budget` or its string form (``"2.52x"``, ``"params:3x"``, ``"latency:2x"``...).
         method: ``uniform``, ``energy`` or ``vbmf``.
         input_shape: ``N, C, H, W`` used to measure each layer's spatial size.
         config: min rank, rank multiple, layer filter.
+        latency: a latency table for this model (needed by latency budgets; with it the plan
+            records predicted latency and each layer's fastest variant).
+        also: further budgets the plan must meet too (e.g. ``"latency:1x"``: not slower than dense).
     """
     budget = Budget.parse(budget) if isinstance(budget, str) else budget
+    also = [Budget.parse(b) if isinstance(b, str) else b for b in also]
     try:
         method = Method(method)
     except ValueError:
         raise BatudeError(f"unknown method '{method}'; choose from {[m.value for m in Method]}") from None
-    problem = RankProblem.from_model(model, input_shape, budget.metric, config)
-    extra, ranks = _SELECTORS[method](problem, budget)
+    problem = RankProblem.from_model(model, input_shape, budget.metric, config, latency)
+    extra, ranks = _SELECTORS[method](problem, budget, also)
+    if also:
+        extra["also"] = [str(b) for b in also]
     plan = problem.to_plan(ranks, method.value, budget, {"method_params": extra})
     log.info("%s plan: %.3fx fewer MACs, %.3fx fewer params", method.value, plan.macs_reduction, plan.params_reduction)
     return plan

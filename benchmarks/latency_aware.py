@@ -1,0 +1,177 @@
+"""Latency-aware BATUDE vs FLOPs-only plans vs the exhaustive-search oracle, measured whole-model.
+
+For each batch: a latency table is measured for the dense network (eager or CUDA-graph timing),
+then four plans at >= ``--flops`` fewer FLOPs are made and measured in the same run as dense:
+
+* ``uniform``: one rank ratio, every Tucker layer as the 3-conv chain (the naive baseline);
+* ``batude``: BATUDE's greedy allocation (the BC-ADL budget rule at its first Z-step, before
+  training; random weights), FLOPs budget only, variants from the table;
+* ``batude-latency``: the same rule with a latency budget from the table (the fastest that is
+  feasible, starting at 99% of the oracle's predicted speed-up and stepping down 1%) and the FLOPs
+  budget as an extra limit (``--also``); ranks aligned for the dtype; keep-dense and variants from
+  the table;
+* ``oracle``: :func:`batude.rank.latency.fastest_plan`, the lowest predicted latency over the
+  table's grid under the FLOPs limit, accuracy ignored (the issue's upper bound).
+
+Every model is lowered (variants, BatchNorm folded) before timing, dense too. Reports measured and
+predicted ms, speed-up over dense, and each plan's measured speed-up as a share of the oracle's.
+
+    python benchmarks/latency_aware.py --out bench_latency_aware                         # GPU (H100/H200)
+    python benchmarks/latency_aware.py --device cpu --dtype fp32 --batches 8 --input 3,64,64 \\
+        --backends eager --points 2 --iters 5 --out /tmp/la                              # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from batude.bench.backends import measure
+from batude.bench.env import environment
+from batude.bench.lut import LatencyTable
+from batude.errors import BatudeError
+from batude.export.lower import lower
+from batude.functional.cost import LayerKind
+from batude.rank import apply_plan_, select_ranks
+from batude.rank.bcadl import BCADL, BCADLConfig
+from batude.rank.budget import Budget, Metric
+from batude.rank.latency import fastest_plan
+from batude.rank.problem import RankProblem, SelectorConfig
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--input", default="3,224,224")
+    p.add_argument("--flops", default="2.52x", help="FLOPs budget every plan must meet")
+    p.add_argument("--batches", default="64,1")
+    p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--backends", default="cuda-graph,compile")
+    p.add_argument("--lut-backend", default=None, help="eager or cuda-graph (default: cuda-graph on CUDA)")
+    p.add_argument("--points", type=int, default=5, help="latency-table grid points per rank")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--out", required=True)
+    return p.parse_args(argv)
+
+
+def _policy(plan) -> dict[str, str]:
+    """The table's variant per Tucker layer (low-rank 1x1/Linear layers have one form)."""
+    tucker = {l.name for l in plan.layers if l.ranks is not None and l.kind is LayerKind.TUCKER2}
+    return {name: v for name, v in plan.variants.items() if name in tucker}
+
+
+def _latency_plan(dense, shape, lut, flops: str, oracle_speedup: float, multiple: int):
+    """The fastest feasible latency budget (99%, 98%, ... of the oracle's speed-up) with the FLOPs limit."""
+    factor = 0.99
+    while factor > 0.5:
+        target = max(oracle_speedup * factor, 1.0 + 1e-6)
+        try:
+            admm = BCADL(dense, f"latency:{target:.6f}x", BCADLConfig(multiple_of=multiple), input_shape=shape,
+                         latency=lut, also=[flops])
+            return admm.plan(), target
+        except BatudeError:
+            factor -= 0.01
+    raise BatudeError("no feasible latency budget found down to 50% of the oracle's speed-up")
+
+
+def _plans(dense, shape, lut, flops: str):
+    multiple = {"float16": 16, "bfloat16": 16}.get(lut.key["dtype"], 8)
+    problem = RankProblem.from_model(dense, shape, Metric.MACS, SelectorConfig(multiple_of=1), lut)
+    oracle = fastest_plan(problem, problem.limit_of(Budget.parse(flops)))
+    started = time.perf_counter()
+    latency_plan, target = _latency_plan(dense, shape, lut, flops, oracle.latency["speedup"], multiple)
+    plans = {
+        "uniform": (select_ranks(dense, flops, "uniform", shape), "chain"),
+        "batude": (BCADL(dense, flops, input_shape=shape, latency=lut).plan(), None),
+        "batude-latency": (latency_plan, None),
+        "oracle": (oracle, None),
+    }
+    info = {"latency_budget": f"latency:{target:.4f}x", "plan_seconds": time.perf_counter() - started}
+    return plans, info
+
+
+def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
+    lut_backend = args.lut_backend or ("cuda-graph" if args.device == "cuda" else "eager")
+    started = time.perf_counter()
+    lut = LatencyTable.build(dense, shape[1:], batch=batch, dtype=dtype, device=args.device, points=args.points,
+                             multiple_of=16 if dtype == torch.float16 else 8, iters=max(args.iters // 2, 3),
+                             warmup=3, backend=lut_backend)
+    lut_seconds = time.perf_counter() - started
+    dense = dense.float().cpu()  # the table moved it; plans and lowering work on a CPU fp32 copy
+    plans, info = _plans(dense, shape, lut, args.flops)
+    rows = []
+    models = {"dense": (lower(dense, shape, "chain")[0], None)}
+    for name, (plan, policy) in plans.items():
+        compressed = apply_plan_(copy.deepcopy(dense), plan, init="empty")
+        models[name] = (lower(compressed, shape, policy or _policy(plan))[0], plan)
+    for name, (model, plan) in models.items():
+        for r in measure(model, args.backends.split(","), shape[1:], [batch], dtype, args.iters, args.warmup,
+                         args.device, label=name):
+            record = plan.latency if plan else {"predicted_ms": lut.model_ms, "speedup": 1.0}
+            r.update(plan=name, macs_reduction=plan.macs_reduction if plan else 1.0,
+                     predicted_ms=record["predicted_ms"] if record else None,
+                     predicted_speedup=record["speedup"] if record else None)
+            rows.append(r)
+        print(f"b{batch} {name}: measured", flush=True)
+    _speedups(rows)
+    return {"batch": batch, "lut_backend": lut_backend, "lut_seconds": lut_seconds, "lut_model_ms": lut.model_ms,
+            **info, "rows": rows, "plans": {n: p.to_dict() for n, (p, _) in plans.items()}}
+
+
+def _speedups(rows: list[dict]) -> None:
+    for backend in {r["backend"] for r in rows}:
+        mine = {r["plan"]: r for r in rows if r["backend"] == backend and r.get("available")}
+        if "dense" not in mine:
+            continue
+        for r in mine.values():
+            r["speedup"] = mine["dense"]["median_ms"] / r["median_ms"]
+        if "oracle" in mine:
+            for r in mine.values():
+                r["share_of_oracle"] = r["speedup"] / mine["oracle"]["speedup"]
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table(batches: list[dict]) -> str:
+    lines = ["| batch | backend | plan | FLOPs cut | predicted speed-up | measured ms | measured speed-up | share of oracle |",
+             "|---|---|---|---|---|---|---|---|"]
+    for b in batches:
+        for r in b["rows"]:
+            if not r.get("available"):
+                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | unavailable: {r['reason']} | | |")
+                continue
+            lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | {r['macs_reduction']:.2f}x | "
+                         f"{_x(r['predicted_speedup'])} | {r['median_ms']:.3f} | {r.get('speedup', float('nan')):.2f}x | "
+                         f"{r.get('share_of_oracle', float('nan')):.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import torchvision
+
+    args = _args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    shape = (1, *(int(x) for x in args.input.split(",")))
+    torch.manual_seed(0)
+    dense = torchvision.models.get_model(args.model).eval()
+    batches = [_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype) for b in args.batches.split(",")]
+    report = {"env": environment(), "args": vars(args), "batches": batches}
+    (out / "latency_aware.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(table(batches))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

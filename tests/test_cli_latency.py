@@ -1,0 +1,92 @@
+"""Latency-aware planning from the command line: `lut build` -> `plan --lut [--also] [--oracle]` ->
+`bench` (predicted vs measured) -> `batude-export` (the table's variants)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from batude.bench.lut import LatencyTable
+from batude.cli import export_main, main
+from batude.models import resnet20
+from batude.rank import RankPlan
+
+from rank.test_latency import synthetic_table
+from test_cli import assert_one_error_line, run_cli
+
+MODEL = ["batude:resnet20", "--input", "1,3,28,28"]
+
+
+@pytest.fixture(scope="module")
+def real_lut(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lut") / "lut.json"
+    assert main(["lut", "build", *MODEL, "--batch", "4", "--points", "2", "--iters", "3", "--out", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic_lut(tmp_path_factory):
+    """A table in the file format with stated launch + throughput numbers (a cuda fp16 table)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("lut") / "synthetic.json"
+    synthetic_table(resnet20(), (3, 28, 28), points=3, multiple_of=16, batch=64).save(path)
+    return path
+
+
+def test_lut_build_records_backend_and_default_alignment(real_lut):
+    table = LatencyTable.load(real_lut)
+    assert table.key["backend"] == "eager" and table.key["device"] == "cpu"
+    assert all(r % 8 == 0 or r == g[-1] for t in table.layers.values() for g in t.grids for r in g)  # fp32: x8
+
+
+def test_plan_with_latency_budget_also_limit_and_oracle(capsys, tmp_path, synthetic_lut):
+    out = tmp_path / "plan.json"
+    rc, stdout, err = run_cli(capsys, ["plan", *MODEL, "--budget", "latency:1.2x", "--also", "1.5x", "--lut", synthetic_lut,
+                                       "--method", "energy", "--oracle", "--out", out])
+    assert rc == 0, err
+    plan = RankPlan.load(out)
+    assert plan.latency["predicted_ms"] <= plan.latency["dense_ms"] / 1.2 + 1e-12 and plan.macs_reduction >= 1.5
+    assert "predicted latency (cuda float16 batch 64 eager)" in stdout and "oracle (exhaustive search" in stdout
+    share = plan.options["oracle"]["share"]
+    assert 0 < share <= 1.0 + 1e-9 and f"{share:.1%}" in stdout
+    assert all(r % 16 == 0 or r == f for l in plan.layers if l.ranks  # fp16 table: ranks x16 by default
+               for r, f in zip(l.ranks, (l.geometry.out_channels, l.geometry.in_channels)))
+
+
+@pytest.mark.parametrize("argv, phrase, prefix", [
+    (["--budget", "latency:1.2x"], "need a latency table", "batude: error:"),
+    (["--budget", "2x", "--oracle"], "need a latency table", "batude: error:"),
+    (["--budget", "latency:0.5x"], "latency:50%", "batude plan: error: argument --budget"),  # a usage error
+])
+def test_latency_options_without_what_they_need_fail_in_one_line(capsys, tmp_path, argv, phrase, prefix):
+    rc, _, err = run_cli(capsys, ["plan", *MODEL, *argv, "--out", tmp_path / "p.json"])
+    assert_one_error_line(rc, err, prefix)
+    assert phrase in err and not (tmp_path / "p.json").exists()
+
+
+def test_table_for_another_input_shape_is_refused(capsys, tmp_path, synthetic_lut):
+    rc, _, err = run_cli(capsys, ["plan", "batude:resnet20", "--input", "1,3,32,32", "--budget", "2x", "--lut", synthetic_lut,
+                                  "--out", tmp_path / "p.json"])
+    assert_one_error_line(rc, err)
+    assert "measured at input [3, 28, 28]" in err
+
+
+def test_real_table_plan_bench_and_export_use_its_variants(capsys, tmp_path, real_lut):
+    plan_path = tmp_path / "plan.json"
+    rc, _, err = run_cli(capsys, ["plan", *MODEL, "--budget", "2x", "--lut", real_lut, "--oracle", "--out", plan_path])
+    assert rc == 0, err
+    plan = RankPlan.load(plan_path)
+    assert plan.latency["table"]["device"] == "cpu" and plan.macs_reduction >= 2.0
+    rc, stdout, err = run_cli(capsys, ["bench", *MODEL, "--plan", plan_path, "--batch", "4", "--iters", "3", "--warmup", "1",
+                                       "--out", tmp_path / "bench"])
+    assert rc == 0, err
+    assert "predicted" in stdout and "by the plan's latency table, measured" in stdout
+    rows = json.loads((tmp_path / "bench" / "latency.json").read_text())["results"]
+    assert rows[0]["predicted_ms"] == pytest.approx(plan.latency["predicted_ms"])
+    rc, _, err = run_cli(capsys, ["batude:resnet20", "--plan", plan_path, "--input-shape", "3,28,28", "--legacy-exporter",
+                                  "--out", tmp_path / "export"], entry=export_main)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert report["variants"] == {**{n: "chain" for n in report["variants"]}, **plan.variants}
