@@ -27,7 +27,7 @@ from torch import nn
 from batude.bench.timing import Stats, time_callable
 from batude.errors import BatudeError
 
-__all__ = ["Backend", "BackendUnavailable", "Runner", "make_runner", "measure"]
+__all__ = ["Backend", "BackendUnavailable", "Runner", "make_runner", "measure", "torch_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def _device_for(backend: Backend, device: str | None) -> torch.device:
     return torch.device(device or "cpu")
 
 
-def _torch_runner(model: nn.Module, x: torch.Tensor, backend: Backend) -> Callable[[], object]:
+def torch_runner(model: nn.Module, x: torch.Tensor, backend: Backend) -> Callable[[], object]:
+    """A no-argument callable running ``model(x)`` eagerly, compiled, or as a replayed CUDA graph."""
     if backend is Backend.EAGER:
         return lambda: model(x)
     if backend is Backend.COMPILE:
@@ -98,7 +99,7 @@ def make_runner(model: nn.Module, backend: Backend | str, input_shape: Sequence[
         x = x.contiguous(memory_format=torch.channels_last)
     if backend is Backend.TRITON:
         model = _with_kernels(model)
-    return Runner(backend, _torch_runner(model, x, backend), dev, batch, dtype)
+    return Runner(backend, torch_runner(model, x, backend), dev, batch, dtype)
 
 
 def _with_kernels(model: nn.Module) -> nn.Module:

@@ -16,13 +16,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from batude._io import write_text_atomic
-from batude.bench.backends import Backend, _torch_runner
+from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
 from batude.bench.layers import layer_input_shapes
 from batude.bench.timing import time_callable
@@ -101,11 +101,12 @@ class LatencyTable:
     @classmethod
     def build(cls, model: nn.Module, input_shape: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,
               device: str = "cpu", points: int = 4, multiple_of: int = 8, iters: int = 20, warmup: int = 3,
-              backend: str = "eager") -> "LatencyTable":
+              backend: str = "eager", progress: Callable[[int, int, str], None] | None = None) -> "LatencyTable":
         """Measure a table for ``model`` (dense) at per-image ``input_shape`` (C, H, W).
 
         ``backend``: ``eager`` (each module called from Python) or ``cuda-graph`` (each module
         captured once and replayed: no launch overhead from Python, what a served model pays).
+        ``progress(i, n, name)`` is called before each of the ``n`` layers is timed.
         """
         if backend not in ("eager", "cuda-graph"):
             raise BatudeError(f"latency tables are measured with the eager or cuda-graph backend, not '{backend}'")
@@ -119,23 +120,27 @@ class LatencyTable:
         quiet = logging.getLogger("batude.bench.timing")  # hundreds of tiny timings: no per-cell CV warnings
         level, quiet.level = quiet.level, logging.ERROR
         try:
-            return cls._build(model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend)
+            return cls._build(model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend, progress)
         finally:
             quiet.setLevel(level)
 
     @classmethod
-    def _build(cls, model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend) -> "LatencyTable":
+    def _build(cls, model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend, progress) -> "LatencyTable":
         problem = RankProblem.from_model(model, (1, *input_shape), config=SelectorConfig(multiple_of=1))
         inputs = layer_input_shapes(model, (1, *input_shape), [c.name for c in problem.candidates])
         def time(module: nn.Module, x: torch.Tensor, label: str) -> float:
+            if dev.type == "cuda" and x.dim() == 4:  # as batude.bench measures models on a GPU
+                module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                run = _torch_runner(module, x, Backend(backend))
+                run = torch_runner(module, x, Backend(backend))
             return time_callable(run, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms
 
         x = torch.randn((batch, *input_shape), device=dev, dtype=dtype)
         model_ms = time(model, x, "model")
         layers = {}
-        for cand in problem.candidates:
+        for i, cand in enumerate(problem.candidates):
+            if progress is not None:
+                progress(i, len(problem.candidates), cand.name)
             xi = torch.randn((batch, *inputs[cand.name]), device=dev, dtype=dtype)
             dense_ms = time(cand.module, xi, cand.name)
             grids = [_grid(full, points, multiple_of) for full in max_ranks(cand.layer.kind, cand.layer.geometry)]
@@ -208,7 +213,7 @@ class LatencyTable:
         compressed = compressed.to(dev, dtype)
         x = torch.randn((self.key["batch"], *self.input_shape), device=dev, dtype=dtype)
         with torch.inference_mode():
-            run = _torch_runner(compressed, x, Backend(self.key.get("backend", "eager")))
+            run = torch_runner(compressed, x, Backend(self.key.get("backend", "eager")))
         measured = time_callable(run, iters=iters, warmup=warmup, device=dev).median_ms
         return {"predicted_ms": predicted, "measured_ms": measured, "error": abs(predicted - measured) / measured}
 

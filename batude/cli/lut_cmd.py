@@ -9,7 +9,7 @@ import torch
 
 from batude._io import check_parent
 from batude.bench.lut import LatencyTable
-from batude.cli._common import add_model_args, check_not_input, device_arg, load_from_args, positive_int
+from batude.cli._common import ProgressBar, add_model_args, check_not_input, device_arg, load_from_args, positive_int
 from batude.cli.model_cmds import plan_for, require_dense
 
 __all__ = ["register"]
@@ -24,9 +24,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
     check_not_input(args.out, args.model)
     ckpt, shape = load_from_args(args)
     require_dense(ckpt, args.model)
+    bar = ProgressBar()
     lut = LatencyTable.build(ckpt.model, shape[1:], batch=args.batch, dtype=_dtype(args.dtype), device=args.device,
                              points=args.points, multiple_of=args.multiple_of or (16 if args.dtype == "fp16" else 8),
-                             iters=args.iters, backend=args.backend)
+                             iters=args.iters, backend=args.backend,
+                             progress=lambda i, n, name: bar("timing layers", i + 1, n, note=name))
     lut.save(args.out)
     print(f"latency table for {len(lut.layers)} layers on {lut.key['hardware']} ({lut.key['device']}, {lut.key['dtype']}, "
           f"batch {lut.key['batch']}, {lut.key['backend']}): dense model {lut.model_ms:.3f} ms, non-factorisable part {lut.other_ms:.3f} ms -> {args.out}")
