@@ -20,6 +20,11 @@ Choices, fixed so that runs are comparable:
   test split.
 * **Loader order**: :func:`make_loader` shuffles with a ``torch.Generator`` seeded from
   ``(seed, epoch)``; call ``loader.set_epoch(epoch)`` before each epoch.
+* **Sharding** (data-parallel runs, ``world_size > 1``): every rank draws the same seeded order
+  and takes every ``world_size``-th index from position ``rank``; ``batch_size`` is the global
+  batch, each rank loads ``batch_size / world_size``, so step k's shards together are exactly the
+  single-process run's batch k. Training orders are first cut to a multiple of ``world_size``
+  (every rank takes the same number of steps); evaluation orders are not (all-reduce the counts).
 """
 
 from __future__ import annotations
@@ -283,22 +288,32 @@ def _mix(seed: int, epoch: int, stream: int) -> int:
 
 
 class EpochSampler(Sampler[int]):
-    """Indices 0..n-1: a permutation seeded from ``(seed, epoch)`` if ``shuffle``, else in order."""
+    """Indices 0..n-1: a permutation seeded from ``(seed, epoch)`` if ``shuffle``, else in order.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    With ``world_size > 1`` this rank's shard of that order: positions ``rank, rank + world_size,
+    ...``; ``even=True`` first cuts the order to a multiple of ``world_size`` so that every shard
+    has the same length (training: every rank must take the same number of steps).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, *, rank: int = 0, world_size: int = 1,
+                 even: bool = False) -> None:
+        if not 0 <= rank < world_size:
+            raise BatudeError(f"rank {rank} is outside 0..{world_size - 1}; launch data-parallel runs with torchrun")
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.rank, self.world_size = rank, world_size
+        self.stop = n - n % world_size if even else n
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
-            return iter(range(self.n))
+            return iter(range(self.rank, self.stop, self.world_size))
         g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0))
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.randperm(self.n, generator=g)[self.rank:self.stop:self.world_size].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return len(range(self.rank, self.stop, self.world_size))
 
 
 class SeededDataLoader(DataLoader):
@@ -322,6 +337,8 @@ def make_loader(
     *,
     pin_memory: bool = False,
     drop_last: bool | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> SeededDataLoader:
     """A DataLoader over ``dataset`` yielding ``(float32 B x C x H x W, int64 B)`` batches.
 
@@ -330,18 +347,30 @@ def make_loader(
     at least one full batch (BatchNorm cannot train on a batch of one); ``train=False`` keeps order
     and every example. Worker processes (``num_workers > 0``) get their global RNG seeded by the
     DataLoader from the loader's generator, so augmentation there is reproducible as well.
+
+    ``rank``/``world_size``: this process's shard (see the module docstring). ``batch_size`` stays
+    the global batch: a training loader yields ``batch_size // world_size`` examples per step and
+    refuses a batch size that ``world_size`` does not divide; an evaluation loader yields at most
+    ``ceil(batch_size / world_size)``.
     """
     batch_size = _positive_int(batch_size, "batch_size", "pass e.g. 128")  # type: ignore[assignment]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise BatudeError(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(num_workers, int) or num_workers < 0:
         raise BatudeError(f"num_workers must be an integer >= 0, got {num_workers!r}; pass 0 to load in-process")
+    world_size = _positive_int(world_size, "world_size", "pass the number of processes")  # type: ignore[assignment]
+    if train and batch_size % world_size:
+        up = -(-batch_size // world_size) * world_size
+        raise BatudeError(
+            f"batch size {batch_size} is the global batch and must be divisible by the {world_size} processes; "
+            f"pass e.g. --batch-size {up}"
+        )
     if drop_last is None:
         drop_last = train and len(dataset) >= batch_size  # type: ignore[arg-type]
     return SeededDataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed, shuffle=train),  # type: ignore[arg-type]
+        batch_size=-(-batch_size // world_size),
+        sampler=EpochSampler(len(dataset), seed, shuffle=train, rank=rank, world_size=world_size, even=train),  # type: ignore[arg-type]
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,

@@ -1,4 +1,9 @@
-"""Dense training with checkpoints every epoch, ``resume``, and a JSON log."""
+"""Dense training with checkpoints every epoch, ``resume``, and a JSON log.
+
+Under ``torchrun`` (see :mod:`batude.train.distributed`) each phase trains a DDP wrapper of the
+model on sharded loaders; rank 0's BatchNorm statistics are copied to every rank after each epoch,
+so evaluation, checkpoints and the returned model are the same on every rank.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import torch
 from torch import nn
 
 from batude.train.config import TrainConfig
+from batude.train.distributed import local_device, release_ddp, sync_buffers, wrap_ddp
 from batude.train.loop import Diverged, Progress, evaluate, make_optimizer, seed_everything, train_one_epoch
 from batude.train.runner import Run, set_rng_state
 
@@ -27,8 +33,11 @@ class TrainResult:
 
 
 def prepare(model: nn.Module, cfg: TrainConfig) -> torch.device:
-    """Move ``model`` to the configured device (and channels_last on CUDA); return the device."""
-    device = cfg.resolved_device()
+    """Move ``model`` to the configured device (and channels_last on CUDA); return the device.
+
+    In a process group ``cuda`` means this process's GPU (``cuda:LOCAL_RANK``).
+    """
+    device = local_device(cfg.resolved_device())
     model.to(device)
     if cfg.use_channels_last(device):
         model.to(memory_format=torch.channels_last)
@@ -56,14 +65,16 @@ def run_phase(run: Run, phase: str, model: nn.Module, train_loader, test_loader,
         if restore is not None:
             restore(state)
     accuracy = float("nan")
+    trained = wrap_ddp(model, device) if start < epochs else model  # DDP: a collective, on every rank alike
     for epoch in range(start, epochs):
         train_loader.set_epoch(epoch)
         label = f"{phase} {epoch + 1}/{epochs}"
         try:
-            stats = train_one_epoch(model, train_loader, optimizer, scheduler, cfg, device, label=label, progress=progress, **hooks)
+            stats = train_one_epoch(trained, train_loader, optimizer, scheduler, cfg, device, label=label, progress=progress, **hooks)
         except Diverged as err:
             kept = f"the last good state ({phase} epoch {epoch}) is in {run.dir} (--resume retries from it); " if run.dir and epoch else ""
             raise Diverged(f"{err} of {label}; {kept}a lower learning rate in a new run usually helps") from None
+        sync_buffers(model)  # rank 0's BatchNorm statistics everywhere before evaluating and saving
         test_loss, accuracy = evaluate(model, test_loader, device, cfg)
         entry = {"phase": phase, "epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.accuracy,
                  "test_loss": test_loss, "test_acc": accuracy, "lr": optimizer.param_groups[0]["lr"],
@@ -72,7 +83,9 @@ def run_phase(run: Run, phase: str, model: nn.Module, train_loader, test_loader,
             entry.update(epoch_info())
         run.record(entry)
         log.info("%s: train loss %.4f, test acc %.2f%%", label, stats.loss, accuracy)
-        run.checkpoint(phase, epoch + 1, model, optimizer, scheduler, **(extra_state() if extra_state else {}))
+        run.checkpoint(phase, epoch + 1, model, optimizer, scheduler, **(extra_state() if extra_state and run.write else {}))
+    del trained
+    release_ddp()
     if start >= epochs and epochs > 0:  # resumed after this phase's last epoch
         accuracy = evaluate(model, test_loader, device, cfg)[1]
     return accuracy

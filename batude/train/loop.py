@@ -20,6 +20,7 @@ from torch import nn
 
 from batude.errors import BatudeError
 from batude.train.config import TrainConfig
+from batude.train.distributed import all_reduce_sums
 
 __all__ = ["Diverged", "EpochStats", "Progress", "seed_everything", "make_optimizer", "train_one_epoch", "evaluate", "kd_loss"]
 
@@ -67,6 +68,11 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def _sharded(loader: Iterable) -> bool:
+    """True for a loader that holds only this rank's shard (its counts must be summed over ranks)."""
+    return getattr(getattr(loader, "sampler", None), "world_size", 1) > 1
+
+
 def _to(batch: Iterable[torch.Tensor], device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = batch
     x = x.to(device, non_blocking=True)
@@ -94,7 +100,8 @@ def train_one_epoch(
     """One pass over ``loader``: ``loss = CE(+label smoothing) [+ KD] [+ extra_loss()]``.
 
     ``after_step`` runs after each optimiser step (BC-ADL's ``step``). Raises
-    :class:`BatudeError` (``Diverged``) as soon as the loss is not finite.
+    :class:`BatudeError` (``Diverged``) as soon as the loss is not finite. ``model`` may be a DDP
+    wrapper; with a sharded loader the returned loss and accuracy are over all ranks' examples.
     """
     model.train()
     amp, channels_last = cfg.use_amp(device), cfg.use_channels_last(device)
@@ -123,12 +130,18 @@ def train_one_epoch(
         seen += len(y)
         if progress is not None:
             progress(label, step + 1, steps, total_loss / seen)
+    if _sharded(loader):
+        total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen])
     return EpochStats(total_loss / max(seen, 1), 100.0 * correct / max(seen, 1), time.perf_counter() - start, steps)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, cfg: TrainConfig | None = None) -> tuple[float, float]:
-    """``(mean cross-entropy, top-1 accuracy in percent)`` over ``loader`` in eval mode."""
+    """``(mean cross-entropy, top-1 accuracy in percent)`` over ``loader`` in eval mode.
+
+    A sharded loader (data-parallel run) has its sums added over all ranks, so every rank returns
+    the whole test set's numbers. Pass the plain model, not its DDP wrapper.
+    """
     cfg = cfg or TrainConfig()
     was_training = model.training
     model.eval()
@@ -144,6 +157,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, cfg: Trai
             seen += len(y)
     finally:
         model.train(was_training)
+    if _sharded(loader):  # every rank reports the whole test set's numbers
+        total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen])
     if seen == 0:
         raise BatudeError("the evaluation set is empty; check the dataset or --subset")
     return total_loss / seen, 100.0 * correct / seen

@@ -3,6 +3,8 @@
 ``state.pt`` holds plain data only (weights, optimiser and scheduler state, torch RNG states, the
 phase and epoch, and whatever the caller adds such as BC-ADL's Z/U), is written atomically, and is
 read back with ``torch.load(weights_only=True)``. A run refuses to resume with different options.
+In a data-parallel run only rank 0 creates the folder and writes; every rank reads ``state.pt``
+to resume (the folder must be visible to all of them).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from batude._io import atomic_path, write_text_atomic
 from batude.errors import BatudeError
+from batude.train.distributed import is_main
 
 __all__ = ["Run", "rng_state", "set_rng_state"]
 
@@ -40,17 +43,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Run:
-    """One run's folder (or none: ``out_dir=None`` keeps everything in memory)."""
+    """One run's folder (or none: ``out_dir=None`` keeps everything in memory).
 
-    def __init__(self, out_dir: str | Path | None, kind: str, config: dict[str, Any], resume: bool = False) -> None:
+    ``write``: whether this process writes the folder (None: only in a single process or on rank 0).
+    """
+
+    def __init__(self, out_dir: str | Path | None, kind: str, config: dict[str, Any], resume: bool = False,
+                 write: bool | None = None) -> None:
         self.dir = None if out_dir is None else Path(out_dir)
         self.kind, self.config = kind, config
+        self.write = is_main() if write is None else bool(write)
         self.log: list[dict[str, Any]] = []
         self.state: dict[str, Any] | None = None
         if self.dir is None:
             return
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            if self.write:
+                self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise BatudeError(f"cannot create output folder {self.dir}: {err.strerror}; choose another --out") from None
         state_file = self.dir / STATE
@@ -80,12 +89,12 @@ class Run:
 
     def record(self, entry: dict[str, Any]) -> None:
         self.log.append(entry)
-        if self.dir is not None:
+        if self.dir is not None and self.write:
             write_text_atomic(self.dir / LOG, json.dumps(self.log, indent=2) + "\n")
 
     def checkpoint(self, phase: str, epoch: int, model: nn.Module, optimizer, scheduler, **extra: Any) -> None:
         """Atomically save everything needed to continue after ``epoch`` completed epochs of ``phase``."""
-        if self.dir is None:
+        if self.dir is None or not self.write:
             return
         payload = {
             "format": _FORMAT, "version": 1, "kind": self.kind, "config": self.config, "phase": phase, "epoch": epoch,
