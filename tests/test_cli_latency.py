@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import batude
 from batude.bench.lut import LatencyTable
 from batude.cli import export_main, main
 from batude.models import resnet20
@@ -90,3 +92,25 @@ def test_real_table_plan_bench_and_export_use_its_variants(capsys, tmp_path, rea
     assert rc == 0, err
     report = json.loads((tmp_path / "export" / "report.json").read_text())
     assert report["variants"] == {**{n: "chain" for n in report["variants"]}, **plan.variants}
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
+@pytest.mark.parametrize("method", ["batude", "uniform"])
+def test_compress_with_a_latency_budget_and_an_extra_flops_limit(capsys, tmp_path, method):
+    torch.manual_seed(0)
+    dense = tmp_path / "dense.pt"
+    batude.save(dense, resnet20(in_channels=1), arch="batude:resnet20", arch_kwargs={"in_channels": 1},
+                metadata={"input_shape": [1, 1, 28, 28]})
+    lut = tmp_path / "lut.json"
+    synthetic_table(resnet20(in_channels=1), (1, 28, 28), points=3, multiple_of=8, batch=64).save(lut)
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(capsys, ["compress", dense, "--method", method, "--budget", "latency:1.15x", "--also", "1.5x",
+                                       "--lut", lut, "--multiple-of", "8", "--epochs-admm", "1", "--epochs-ft", "0",
+                                       "--data", "fashion-mnist", "--subset", "200", "--batch-size", "50", "--device", "cpu",
+                                       "--out", out])
+    assert rc == 0, err
+    plan = RankPlan.load(out / "plan.json")
+    assert plan.latency["predicted_ms"] <= plan.latency["dense_ms"] / 1.15 + 1e-12 and plan.macs_reduction >= 1.5
+    assert json.loads((out / "report.json").read_text())["latency"] == plan.latency
+    assert "predicted latency (cuda float16 batch 64 eager)" in stdout

@@ -70,7 +70,8 @@ def skipped_summary(plan: RankPlan) -> str:
     filtered out, shared weights...), one line each with the reason; empty when there are none."""
     if not plan.skipped:
         return ""
-    lines = [f"left dense ({len(plan.skipped)} layers not eligible for factorisation):"]
+    n = len(plan.skipped)
+    lines = [f"left dense ({n} {'layer' if n == 1 else 'layers'} not eligible for factorisation):"]
     lines += [f"  {name}: {why}" for name, why in plan.skipped.items()]
     return "\n".join(lines)
 

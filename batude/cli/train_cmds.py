@@ -1,4 +1,9 @@
-"""``batude train`` and ``batude compress``: dense training and BATUDE / baseline compression."""
+"""``batude train`` and ``batude compress``: dense training and BATUDE / baseline compression.
+
+Both run data-parallel when launched with ``torchrun --nproc_per_node=N -m batude ...``: one
+process per GPU (nccl) or CPU process (gloo), ``--batch-size`` is the global batch, and only rank 0
+writes files and prints.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import torch
 from batude._io import write_text_atomic
 from batude.checkpoint import Checkpoint, save
 from batude.cli._common import ProgressBar, add_model_args, load_from_args
-from batude.cli.model_cmds import add_selector_args, plan_summary, require_dense, selector_config
+from batude.cli.model_cmds import (add_selector_args, latency_summary, latency_table_from_args, plan_summary, require_dense,
+                                  selector_config, skipped_summary)
 from batude.data import DataSpec, load_datasets, make_loader
 from batude.errors import BatudeError
 from batude.models.registry import ArchRef
@@ -20,6 +26,7 @@ from batude.nn.profile import flop_counter_macs
 from batude.rank.bcadl import BCADLConfig
 from batude.rank.greedy import Score
 from batude.train import CompressConfig, CompressMethod, TrainConfig, compress, train_model
+from batude.train.distributed import World, distributed_session
 from batude.train.loop import seed_everything
 
 __all__ = ["register", "add_data_args", "loaders_from_args"]
@@ -38,11 +45,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
 
 
-def loaders_from_args(args: argparse.Namespace):
+def loaders_from_args(args: argparse.Namespace, world: World | None = None):
+    """Train and test loaders (this rank's shards in a data-parallel run), dataset info and spec."""
+    world = world or World()
     spec = DataSpec(args.data, root=args.data_dir, subset=args.subset, augment=not args.no_augment)
     train, test, info = load_datasets(spec)
-    return (make_loader(train, args.batch_size, True, args.seed, args.workers),
-            make_loader(test, 512, False, args.seed, args.workers), info, spec)
+    shard = {"rank": world.rank, "world_size": world.size}
+    return (make_loader(train, args.batch_size, True, args.seed, args.workers, **shard),
+            make_loader(test, 512, False, args.seed, args.workers, **shard), info, spec)
 
 
 def _arch_for(name: str, info) -> ArchRef:
@@ -61,12 +71,15 @@ def _train_config(args: argparse.Namespace, epochs: int, lr: float) -> TrainConf
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    train_loader, test_loader, info, spec = loaders_from_args(args)
-    arch = _arch_for(args.model, info)
-    seed_everything(args.seed)  # the initial weights are part of the run
-    model = arch.build()
-    cfg = _train_config(args, args.epochs, args.lr)
-    result = train_model(model, train_loader, test_loader, cfg, args.out, args.resume, ProgressBar())
+    with distributed_session(args.device) as world:
+        train_loader, test_loader, info, spec = loaders_from_args(args, world)
+        arch = _arch_for(args.model, info)
+        seed_everything(args.seed)  # the initial weights are part of the run
+        model = arch.build()
+        cfg = _train_config(args, args.epochs, args.lr)
+        result = train_model(model, train_loader, test_loader, cfg, args.out, args.resume, ProgressBar() if world.main else None)
+        if not world.main:
+            return 0
     shape = [1, info.in_channels, *info.image_size]
     save(Path(args.out) / "model.pt", model.cpu(), arch=arch,
          metadata={"input_shape": shape, "data": spec.to_dict(), "test_accuracy": result.accuracy})
@@ -85,11 +98,21 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     cfg = _compress_config(args)
-    ckpt: Checkpoint = load_from_args(args)[0]
-    require_dense(ckpt, args.model)
-    train_loader, test_loader, info, spec = loaders_from_args(args)
-    start = time.perf_counter()
-    result = compress(ckpt.model, train_loader, test_loader, args.budget, cfg, args.out, args.resume, ProgressBar())
+    with distributed_session(args.device) as world:
+        ckpt: Checkpoint = load_from_args(args)[0]
+        require_dense(ckpt, args.model)
+        train_loader, test_loader, info, spec = loaders_from_args(args, world)
+        table = latency_table_from_args(args, (1, info.in_channels, *info.image_size))
+        start = time.perf_counter()
+        result = compress(ckpt.model, train_loader, test_loader, args.budget, cfg, args.out, args.resume,
+                          ProgressBar() if world.main else None, latency=table, also=args.also or ())
+        if not world.main:  # rank 0 writes the outputs and reports
+            return 0
+    return _write_compress_outputs(args, cfg, ckpt, result, info, spec, time.perf_counter() - start, world.size)
+
+
+def _write_compress_outputs(args: argparse.Namespace, cfg: CompressConfig, ckpt: Checkpoint, result, info, spec,
+                            seconds: float, processes: int) -> int:
     out = Path(args.out)
     model, shape = result.model.cpu().float(), (1, info.in_channels, *info.image_size)
     plan = result.plan.with_arch(ckpt.arch.ref if ckpt.arch else None)
@@ -104,10 +127,15 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         "dense_macs": dense_macs, "macs": macs, "macs_reduction": dense_macs / macs,
         "dense_params": plan.dense_params, "params": plan.params, "params_reduction": plan.params_reduction,
         "ranks": {l.name: (list(l.ranks) if l.ranks else None) for l in plan.layers},
-        "seconds": round(time.perf_counter() - start, 1), "torch": str(torch.__version__), "epochs": result.log,
+        "seconds": round(seconds, 1), "processes": processes, "torch": str(torch.__version__), "epochs": result.log,
+        "latency": plan.latency,
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     print(plan_summary(plan))
+    if plan.latency:
+        print(latency_summary(plan))
+    if plan.skipped:
+        print(skipped_summary(plan))
     print(f"accuracy: dense {result.dense_accuracy:.2f}% -> decomposed {result.decomposed_accuracy:.2f}% -> "
           f"fine-tuned {result.accuracy:.2f}%; wrote {out / 'model.pt'}, plan.json, report.json")
     return 0
