@@ -114,7 +114,8 @@ class BCADL:
         self.config = config or BCADLConfig()
         self.budget = Budget.parse(budget) if isinstance(budget, str) else budget
         self.also = [Budget.parse(b) if isinstance(b, str) else b for b in also]
-        self.problem = RankProblem.from_model(model, input_shape, self.budget.metric, self.config.selector(), latency)
+        self.problem = RankProblem.from_model(model, input_shape, self.budget.metric, self.config.selector(), latency,
+                                              [b.metric for b in self.also])
         limits = self.problem.limits(self.budget, self.also)  # fails before any training
         self.limit, self.extra_limits = limits[0].value, limits[1:]
         self.rho = self.config.rho0

@@ -4,11 +4,12 @@ Every selector (uniform, energy, VBMF, and BC-ADL's budgeted thresholding) works
 :class:`RankProblem`: one entry per eligible layer with a grid of allowed ranks per mode (multiples
 of ``multiple_of`` at or above ``min_rank``, plus the full rank), and costs in each metric: MACs and
 params from the cost model, latency (ms) from a :class:`~batude.rank.latency.LatencyModel` when one
-is given. The *primary* metric is the budget's. A layer whose chain would cost at least as much as
-the dense layer in the primary metric is kept dense, so each layer's *effective* primary cost is
-``min(chain, dense)``; in the other metrics a layer costs what its primary-metric form costs.
-Besides the budget, a plan may have to meet further :class:`Limit` s ("``--also``"): e.g. 2.52x
-fewer MACs and not slower than dense, or 2x faster and at least 2x fewer MACs.
+is given. The *primary* metric is the budget's. Besides the budget, a plan may have to meet
+further :class:`Limit` s ("``--also``"): e.g. 2.52x fewer MACs and not slower than dense, or 2x
+faster and at least 2x fewer MACs. A layer whose chain would cost at least as much as the dense
+layer in every limited metric is kept dense, so with one limit each layer's *effective* cost is
+``min(chain, dense)``; with several, a layer stays dense only where that is no worse in any of
+them (a chain that is slower but has fewer MACs is kept factorised under a MACs limit).
 """
 
 from __future__ import annotations
@@ -118,13 +119,15 @@ class RankProblem:
     """
 
     def __init__(self, profile: ModelProfile, candidates: list[Candidate], skipped: dict[str, str],
-                 metric: Metric, config: SelectorConfig, latency: LatencyModel | None = None) -> None:
+                 metric: Metric, config: SelectorConfig, latency: LatencyModel | None = None,
+                 extra_metrics: Sequence[Metric] = ()) -> None:
         self.profile = profile
         self.candidates = candidates
         self.skipped = skipped
         self.metric = metric
         self.config = config
         self.latency = latency
+        self.limited = tuple(dict.fromkeys((metric, *extra_metrics)))  # metrics with a limit; keep-dense needs all
         names = {c.name for c in candidates}
         self._fixed = {m: sum(self._current(layer, m) for layer in profile.layers if layer.name not in names)
                        for m in (Metric.MACS, Metric.PARAMS)}
@@ -148,8 +151,13 @@ class RankProblem:
 
     @classmethod
     def from_model(cls, model: nn.Module, input_shape: Sequence[int], metric: Metric = Metric.MACS,
-                   config: SelectorConfig | None = None, latency: LatencyModel | None = None) -> "RankProblem":
-        """The problem for ``model`` at ``input_shape``; ``latency`` (a table for this model) enables ms costs."""
+                   config: SelectorConfig | None = None, latency: LatencyModel | None = None,
+                   extra_metrics: Sequence[Metric] = ()) -> "RankProblem":
+        """The problem for ``model`` at ``input_shape``; ``latency`` (a table for this model) enables ms costs.
+
+        ``extra_metrics``: metrics of further limits (``--also``). A layer stays dense (or is left
+        out) only where dense is no costlier in the budget's metric *and* every one of those.
+        """
         config = config or SelectorConfig()
         if config.multiple_of is None:
             config = replace(config, multiple_of=default_multiple(latency))
@@ -173,7 +181,7 @@ class RankProblem:
             grids = ()
             if reason is None:
                 grids = tuple(rank_grid(full, config.min_rank, config.multiple_of) for full in max_ranks(layer.kind, layer.geometry))
-                if _never_cheaper(layer, grids, metric, latency):
+                if all(_never_cheaper(layer, grids, m, latency) for m in (metric, *extra_metrics)):
                     reason = ("the latency table has no factorised form faster than dense" if metric is Metric.LATENCY
                               else "factorised at the smallest allowed ranks it would cost as much as dense")
             if reason is not None:
@@ -182,7 +190,7 @@ class RankProblem:
             candidates.append(Candidate(layer, modules[layer.name], grids))
         if not candidates:
             raise BatudeError("no layer is eligible for factorisation; check the layer filter (include/exclude patterns, kinds, min_in_channels)")
-        return cls(profile, candidates, skipped, metric, config, latency)
+        return cls(profile, candidates, skipped, metric, config, latency, extra_metrics)
 
     @staticmethod
     def _cost(metric: Metric) -> Callable:
@@ -216,11 +224,11 @@ class RankProblem:
         return self._cost(metric)(layer.kind, layer.geometry, ranks)
 
     def keeps_dense(self, i: int, ranks: Ranks) -> bool:
-        """Whether candidate ``i`` stays dense at ``ranks``: its chain is no cheaper in the primary metric."""
-        return self.chain_cost(i, ranks) >= self.dense_cost(i)
+        """Whether candidate ``i`` stays dense at ``ranks``: its chain is no cheaper in any limited metric."""
+        return all(self.chain_cost(i, ranks, m) >= self.dense_cost(i, m) for m in self.limited)
 
     def layer_cost(self, i: int, ranks: Ranks, metric: Metric | None = None) -> float:
-        """Effective cost of candidate ``i`` at ``ranks``: dense or chain, as the primary metric decides."""
+        """Effective cost of candidate ``i`` at ``ranks``: dense or chain, as :meth:`keeps_dense` decides."""
         return self.dense_cost(i, metric) if self.keeps_dense(i, ranks) else self.chain_cost(i, ranks, metric)
 
     def total(self, ranks: Sequence[Ranks], metric: Metric | None = None) -> float:
@@ -252,6 +260,8 @@ class RankProblem:
         self.check_feasible(budget)
         out = [self.limit_of(budget)]
         for extra in also:
+            if extra.metric not in self.limited:
+                raise BatudeError(f"--also {extra}: build the problem with extra_metrics including {extra.metric.value}")
             limit = self.limit_of(extra)
             least = self.total(self.minimal_ranks(), limit.metric)
             if least > limit.value:

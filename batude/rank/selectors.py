@@ -162,7 +162,7 @@ def select_ranks(
         method = Method(method)
     except ValueError:
         raise BatudeError(f"unknown method '{method}'; choose from {[m.value for m in Method]}") from None
-    problem = RankProblem.from_model(model, input_shape, budget.metric, config, latency)
+    problem = RankProblem.from_model(model, input_shape, budget.metric, config, latency, [b.metric for b in also])
     extra, ranks = _SELECTORS[method](problem, budget, also)
     if also:
         extra["also"] = [str(b) for b in also]

@@ -99,7 +99,8 @@ def compress(model: nn.Module, train_loader, test_loader, budget: Budget | str, 
     device = prepare(model, cfg.train)
     shape = _input_shape(train_loader)
     if not resume:  # an impossible budget fails before any folder is created or epoch is run
-        RankProblem.from_model(model, shape, budget.metric, cfg.bcadl.selector(), latency).limits(budget, also)
+        RankProblem.from_model(model, shape, budget.metric, cfg.bcadl.selector(), latency,
+                               [b.metric for b in also]).limits(budget, also)
     record = {"compress": cfg.to_dict(), "budget": budget.to_dict()}
     if also or latency is not None:  # a resumed run must plan against the same limits and table
         record.update(also=[b.to_dict() for b in also], latency_table=None if latency is None else dict(latency.key))

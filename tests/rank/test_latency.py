@@ -241,3 +241,17 @@ def test_real_cpu_table_drives_a_latency_plan():
         return
     assert plan.latency["predicted_ms"] <= lut.model_ms / 1.05 + 1e-12
     assert plan.latency["table"]["device"] == "cpu"
+
+
+def test_a_flops_limit_factorises_layers_whose_chains_are_slower():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1).eval()
+    lut = synthetic_table(model, (1, 28, 28), points=3, multiple_of=8, batch=1)  # launches dominate: chains are slower
+    slower = [n for n in lut.layer_names() if lut.dense_ms(n) < min(lut.factorised_ms(n, r)[1] for r in grid_points(lut.grid(n)))]
+    assert len(slower) > 10
+    with pytest.raises(BatudeError, match="no layer is eligible"):  # a pure latency budget: nothing to gain
+        select_ranks(model, "latency:1.01x", "uniform", (1, 1, 28, 28), latency=lut)
+    loose = f"latency:{2 * lut.model_ms:.6f}ms"
+    plan = select_ranks(model, loose, "uniform", (1, 1, 28, 28), latency=lut, also=["1.5x"])  # 16-ch layers: x16 is full rank
+    assert plan.macs_reduction >= 1.5 and plan.latency["predicted_ms"] <= 2 * lut.model_ms
+    assert any(plan.layer(n).ranks is not None for n in slower if n in {l.name for l in plan.layers})
