@@ -71,3 +71,19 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     assert rows["oracle"]["predicted_ms"] <= rows["batude"]["predicted_ms"] * (1 + 1e-9)  # the oracle bounds the rule
     assert rows["uniform"]["predicted_speedup"] is None  # the naive chain is not a table-guided plan
     assert "| 2 | eager | batude-latency |" in bench.table(report["batches"])
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
+def test_latency_budget_accuracy_runs_both_budgets_on_one_table(tmp_path):
+    dense = tmp_path / "dense.pt"
+    batude.save(dense, resnet20(in_channels=1), arch="batude:resnet20", arch_kwargs={"in_channels": 1})
+    bench = _script("latency_budget_accuracy")
+    assert bench.main(["--dense", str(dense), "--out", str(tmp_path / "out"), "--subset", "200", "--epochs-admm", "1",
+                       "--epochs-ft", "0", "--batch", "8", "--points", "2", "--iters", "2", "--flops", "1.5x"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["table_key"]["device"] == "cpu" and results["dense_ms"] > 0
+    flops, latency = results["runs"]
+    assert flops["budget"] == "1.5x" and flops["macs_reduction"] >= 1.5
+    assert latency["budget"] == f"latency:{flops['predicted_ms']:.6f}ms"
+    assert latency["predicted_ms"] <= flops["predicted_ms"] + 1e-5  # the same predicted time, or less
+    assert "| latency:" in bench.table(results)
