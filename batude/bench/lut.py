@@ -27,13 +27,15 @@ from batude.bench.env import environment
 from batude.bench.layers import layer_input_shapes
 from batude.bench.timing import time_callable
 from batude.errors import BatudeError
-from batude.export.lower import Variant, variant_module
+from batude.export.lower import Variant, apply_variants, variant_module
 from batude.functional.cost import LayerKind, max_ranks
-from batude.nn.decompose import Init, decompose_module, dense_equivalent
+from batude.nn.decompose import Init, decompose_module
 from batude.rank.plan import RankPlan, apply_plan_
 from batude.rank.problem import RankProblem, SelectorConfig, rank_grid
 
 __all__ = ["LatencyTable", "table_key"]
+
+log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "batude-latency-table", 1
 _TUCKER_VARIANTS = (Variant.CHAIN, Variant.MERGE_FIRST, Variant.MERGE_LAST)
@@ -147,6 +149,10 @@ class LatencyTable:
             layers[cand.name] = LayerTable(cand.name, cand.layer.kind.value, dense_ms, grids,
                                            _measure_grid(cand, grids, xi, time))
         other = model_ms - sum(t.dense_ms for t in layers.values())
+        if other < 0:  # per-layer timings add up to more than the whole model (caches, launch overlap)
+            log.warning("the eligible layers timed alone take %.3f ms more than the whole model; "
+                        "counting the rest of the model as 0 ms", -other)
+            other = 0.0
         return cls(table_key(dev, dtype, batch, backend), list(input_shape), model_ms, other, layers)
 
     # -- batude.rank.latency.LatencyModel: what rank selection reads --------------------------------
@@ -180,37 +186,32 @@ class LatencyTable:
             raise BatudeError(f"latency table was measured elsewhere ({'; '.join(diff)}); build one here with `batude lut build`")
 
     def predict(self, plan: RankPlan) -> tuple[float, dict[str, str]]:
-        """Predicted model latency (ms) for ``plan`` with each layer's fastest form; and those forms."""
-        total, forms = self.other_ms, {}
+        """Predicted model latency (ms) for ``plan``, each factorised layer in its fastest exact variant.
+
+        Layers the plan keeps dense, and table layers the plan does not list (skipped or filtered
+        out), count at their dense latency. Returns the total and the variant per factorised layer.
+        """
+        listed = {layer.name for layer in plan.layers}
+        total = self.other_ms + sum(t.dense_ms for n, t in self.layers.items() if n not in listed)
+        forms = {}
         for layer in plan.layers:
-            table = self.layers.get(layer.name)
-            if table is None:
-                raise BatudeError(f"the latency table has no layer '{layer.name}'; it was built for another model, "
-                                  "build one for this model with `batude lut build`")
             if layer.ranks is None:
-                total += table.dense_ms
-                forms[layer.name] = "dense"
+                total += self._layer(layer.name).dense_ms
             else:
-                forms[layer.name], ms = table.best(layer.ranks)
+                forms[layer.name], ms = self.factorised_ms(layer.name, layer.ranks)
                 total += ms
         return total, forms
 
     def validate(self, model: nn.Module, plan: RankPlan, iters: int = 20, warmup: int = 3) -> dict[str, float]:
-        """Predicted vs measured latency of ``model`` factorised by ``plan`` (chain forms where the table prefers them)."""
+        """Predicted vs measured latency of ``model`` factorised by ``plan``, each layer in the table's fastest variant."""
         import copy
 
         dev = torch.device(self.key["device"])
         dtype = getattr(torch, self.key["dtype"])
         predicted, forms = self.predict(plan)
         compressed = apply_plan_(copy.deepcopy(model), plan, init=Init.EMPTY).eval()
-        for name, form in forms.items():
-            module = compressed.get_submodule(name)
-            parent, _, child = name.rpartition(".")
-            if form == "dense" and plan.layer(name).ranks is not None:
-                setattr(compressed.get_submodule(parent), child, dense_equivalent(module))
-            elif form in (Variant.MERGE_FIRST.value, Variant.MERGE_LAST.value):  # chain: the factorised module as it is
-                setattr(compressed.get_submodule(parent), child, variant_module(module, form))
-        compressed = compressed.to(dev, dtype)
+        tucker = {l.name for l in plan.layers if l.ranks is not None and l.kind is LayerKind.TUCKER2}
+        compressed = apply_variants(compressed, {n: v for n, v in forms.items() if n in tucker}).to(dev, dtype)
         x = torch.randn((self.key["batch"], *self.input_shape), device=dev, dtype=dtype)
         with torch.inference_mode():
             run = torch_runner(compressed, x, Backend(self.key.get("backend", "eager")))

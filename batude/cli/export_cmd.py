@@ -57,10 +57,18 @@ def build_export_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _variant_policy(choice: str, plan) -> str | dict[str, str]:
+def _variant_policy(choice: str, plan, fp16: bool) -> str | dict[str, str]:
+    """``auto``: the plan's table-chosen variants if its table was measured in this precision, else min-flops."""
     if choice != "auto":
         return choice
-    return plan.variants if plan is not None and plan.variants else "min-flops"
+    if plan is None or not plan.variants:
+        return "min-flops"
+    measured = plan.latency["table"].get("dtype")
+    if measured != ("float16" if fp16 else "float32"):
+        print(f"note: the plan's variants were chosen by a {measured} latency table; exporting "
+              f"{'fp16' if fp16 else 'fp32'} with the fewest-MACs variants instead (--variant min-flops)")
+        return "min-flops"
+    return plan.variants
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -76,7 +84,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     shape = tuple(args.input_shape) if args.input_shape else tuple(ckpt.input_shape[1:])
     options = ExportOptions(
         input_shape=shape, batches=tuple(args.batch), dynamic=args.dynamic_batch, fp16=args.fp16,
-        variant=_variant_policy(args.variant, plan), opset=args.opset,
+        variant=_variant_policy(args.variant, plan, args.fp16), opset=args.opset,
         dynamo=not args.legacy_exporter, trt=args.trt, triton_repo=args.triton_repo,
     )
     report = export_model(ckpt.model, out, options, plan=plan, emit=lambda line: print(line, flush=True))

@@ -37,7 +37,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     lut = LatencyTable.load(args.lut)
-    lut.check(args.device, _dtype(lut.key["dtype"]), lut.key["batch"], lut.key.get("backend", "eager"))
+    lut.check(args.device, getattr(torch, str(lut.key["dtype"]), torch.float32), lut.key["batch"], lut.key.get("backend", "eager"))
     ckpt, _ = load_from_args(args)
     result = lut.validate(ckpt.model, plan_for(ckpt, args.model, args.plan), iters=args.iters)
     print(json.dumps(result))

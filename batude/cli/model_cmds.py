@@ -138,15 +138,16 @@ def latency_summary(plan: RankPlan) -> str:
     t = rec["table"]
     return (f"predicted latency ({t.get('device')} {t.get('dtype')} batch {t.get('batch')} {t.get('backend')}): "
             f"{rec['predicted_ms']:.4g} ms vs dense {rec['dense_ms']:.4g} ms "
-            f"({rec['speedup']:.3f}x {'faster' if rec['speedup'] >= 1 else 'as fast: slower than dense'})")
+            f"({rec['speedup']:.3f}x {'faster than dense' if rec['speedup'] >= 1 else 'the speed of dense: slower'})")
 
 
 def _oracle_check(model, plan: RankPlan, args: argparse.Namespace, shape, table: LatencyTable) -> RankPlan:
     """Compare ``plan`` with the fastest plan over the table's grid under the same MACs/params limit."""
     limits = [b for b in [args.budget, *(args.also or [])] if b.metric is not Metric.LATENCY]
-    if not limits:
-        raise BatudeError("--oracle minimises latency under a MACs or params limit; add one, e.g. --also 2.52x")
-    problem = RankProblem.from_model(model, shape, limits[0].metric, SelectorConfig(multiple_of=1), table)
+    if len(limits) != 1:
+        raise BatudeError("--oracle minimises latency under one MACs or params limit; give exactly one, e.g. --also 2.52x")
+    # the same eligible layers as the plan; ranks on the table's grid whatever --multiple-of says
+    problem = RankProblem.from_model(model, shape, limits[0].metric, replace(selector_config(args), multiple_of=1, min_rank=1), table)
     oracle = fastest_plan(problem, problem.limit_of(limits[0]))
     share = plan.latency["speedup"] / oracle.latency["speedup"]
     print(f"oracle (exhaustive search over the table's grid at {limits[0]}, accuracy ignored): "

@@ -146,12 +146,14 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
 def apply_variants(model: nn.Module, variants: Mapping[str, Variant | str]) -> nn.Module:
     """A copy of ``model`` with each named Tucker layer rebuilt as its variant (exact; BatchNorm untouched)."""
     model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
     for name, variant in variants.items():
+        if not isinstance(modules.get(name), TuckerConv2d):
+            raise BatudeError(f"variant given for '{name}', which is not a Tucker layer of this model; regenerate the plan")
+        if variant not in {v.value for v in Variant}:
+            raise BatudeError(f"unknown variant '{variant}' for '{name}'; use one of {[v.value for v in Variant]}")
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = parent.get_submodule(child)
-        if not isinstance(layer, TuckerConv2d):
-            raise BatudeError(f"variant given for '{name}', which is not a Tucker layer of this model")
+        parent, layer = model.get_submodule(parent_name), modules[name]
         if Variant(variant) is not Variant.CHAIN:
             setattr(parent, child, variant_module(layer, variant))
     return model

@@ -69,9 +69,10 @@ class Budget:
         object.__setattr__(self, "value", v)
         if not v == v or v in (float("inf"), float("-inf")):
             raise BatudeError(f"budget value {v} is not a finite number; {_HELP}")
-        if self.kind is BudgetKind.RATIO and v <= 1.0:
+        latency = self.metric is Metric.LATENCY  # "latency:1x" / "100%": not slower than dense (a limit for --also)
+        if self.kind is BudgetKind.RATIO and (v < 1.0 if latency else v <= 1.0):
             raise BatudeError(f"budget {v:g}x asks for no compression; a reduction factor must be > 1 (e.g. 2.52x)")
-        if self.kind is BudgetKind.FRACTION and not 0.0 < v < 1.0:
+        if self.kind is BudgetKind.FRACTION and not (0.0 < v <= 1.0 if latency else 0.0 < v < 1.0):
             raise BatudeError(f"budget {v * 100:g}% of dense must be between 0% and 100% (exclusive)")
         if self.kind is BudgetKind.ABSOLUTE and v <= 0:
             raise BatudeError(f"budget {v:g} {self.metric.value} must be positive")

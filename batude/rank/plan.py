@@ -194,6 +194,9 @@ def _latency_record(d: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(d, dict) or not isinstance(d.get("variants", {}), dict):
         raise ValueError("'latency' must be an object with a 'variants' object")
+    bad = {v for v in d.get("variants", {}).values() if v not in ("chain", "merge_first", "merge_last")}
+    if bad:
+        raise ValueError(f"unknown variants {sorted(map(str, bad))} in 'latency'")
     return dict(d)
 
 

@@ -161,7 +161,7 @@ class RankProblem:
         config = config or SelectorConfig()
         if config.multiple_of is None:
             config = replace(config, multiple_of=default_multiple(latency))
-        if metric is Metric.LATENCY and latency is None:
+        if Metric.LATENCY in (metric, *extra_metrics) and latency is None:
             raise BatudeError("a latency budget needs a latency table; build one with `batude lut build` and pass --lut")
         profile = profile_model(model, input_shape)
         if latency is not None:
