@@ -175,7 +175,8 @@ class LatencyTable:
     def _layer(self, name: str) -> "LayerTable":
         table = self.layers.get(name)
         if table is None:
-            raise BatudeError(f"the latency table has no layer '{name}'; it was built for another model")
+            raise BatudeError(f"the latency table has no layer '{name}'; it was built for another model, "
+                              "build one for this model with `batude lut build`")
         return table
 
     def check(self, device: str, dtype: torch.dtype, batch: int, backend: str = "eager") -> None:
