@@ -117,8 +117,12 @@ def train_one_epoch(
                 loss = (1 - kd_alpha) * loss + kd_alpha * kd_loss(logits.float(), t_logits.float(), kd_temperature)
         if extra_loss is not None:
             loss = loss + extra_loss()
-        if not torch.isfinite(loss):
-            raise Diverged(f"training diverged: the loss is {float(loss.detach())} at step {step + 1}/{steps}")
+        finite = bool(torch.isfinite(loss))
+        if _sharded(loader):  # every process must stop together, or the others wait in backward's all-reduce
+            finite = all_reduce_sums([0.0 if finite else 1.0])[0] == 0.0
+        if not finite:
+            raise Diverged(f"training diverged: the loss is {float(loss.detach())} (here, or on another process) "
+                           f"at step {step + 1}/{steps}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -123,6 +123,21 @@ def _train_without_batchnorm(world: World) -> dict:
     return {"weights": model.state_dict(), "ranks": [list(r) for r in admm.ranks], "updates": admm.updates, "losses": losses}
 
 
+def _diverges_on_one_rank(world: World) -> bool:
+    """A loss that is NaN on rank 1 only: every rank must stop (not wait in backward's all-reduce)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,)))
+    loader = make_loader(data, 32, True, seed=0, rank=world.rank, world_size=world.size)
+    cfg, cpu = TrainConfig(device="cpu", lr=0.01), torch.device("cpu")
+    optimizer, scheduler = make_optimizer(model, cfg, cfg.lr, len(loader))
+    bad = torch.tensor(float("nan") if world.rank == 1 else 0.0)
+    try:
+        train_one_epoch(wrap_ddp(model, cpu), loader, optimizer, scheduler, cfg, cpu, extra_loss=lambda: bad)
+    except BatudeError as err:
+        return "diverged" in str(err)
+    return False
+
+
 def _worker(out: str) -> None:
     out = Path(out)
     with distributed_session("cpu") as world:
@@ -140,7 +155,8 @@ def _worker(out: str) -> None:
         run = Run(out / "run", "t", {})
         run.record({"rank": world.rank})
         result = {"size": world.size, "sums": all_reduce_sums([world.rank + 1, 1.5]),
-                  "tree": [tree["a"].tolist(), tree["b"][0], tree["b"][1][0].tolist()]}
+                  "tree": [tree["a"].tolist(), tree["b"][0], tree["b"][1][0].tolist()],
+                  "diverged": _diverges_on_one_rank(world)}
         (out / f"rank{world.rank}.json").write_text(json.dumps(result))
 
 
@@ -150,7 +166,7 @@ def test_ddp_training_equals_one_process_and_rank0_state_reaches_every_rank(tmp_
     script.write_text(_LAUNCHER)
     _run(_torchrun(str(script), __file__, str(tmp_path)), cwd=tmp_path)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
-    assert r0 == r1 == {"size": 2, "sums": [3.0, 3.0], "tree": [[0, 1, 2], 0, [0.0, 0.0]]}
+    assert r0 == r1 == {"size": 2, "sums": [3.0, 3.0], "tree": [[0, 1, 2], 0, [0.0, 0.0]], "diverged": True}
 
     # without BatchNorm, 2 processes x 16 examples train exactly like 1 process x 32 (penalty included)
     one, two, two_b = _train_without_batchnorm(World()), *(torch.load(tmp_path / f"train{r}.pt", weights_only=True) for r in range(2))
