@@ -7,7 +7,7 @@ then four plans at >= ``--flops`` fewer FLOPs are made and measured in the same 
 * ``batude``: BATUDE's greedy allocation (the BC-ADL budget rule at its first Z-step, before
   training; random weights), FLOPs budget only, variants from the table;
 * ``batude-latency``: the same rule with a latency budget from the table (the tightest that is
-  feasible: the oracle's predicted ms / 0.99, / 0.98, ...) and the FLOPs budget as an extra limit
+  feasible, searched from the oracle's predicted ms / 0.99 upwards by 1%) and the FLOPs budget as an extra limit
   (``--also``); ranks aligned for the dtype; keep-dense and variants from the table;
 * ``oracle``: :func:`batude.rank.latency.fastest_plan`, the lowest predicted latency over the
   table's grid under the FLOPs limit, accuracy ignored (the issue's upper bound).
@@ -68,19 +68,22 @@ def _policy(plan) -> dict[str, str]:
 
 
 def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int):
-    """The tightest feasible latency budget (the oracle's time / 0.99, / 0.98, ...) with the FLOPs limit.
+    """The tightest feasible latency budget (from the oracle's time / 0.99 upwards by 1%) with the FLOPs limit.
 
-    Absolute budgets in ms, so this works even where nothing beats dense on this device.
+    Absolute budgets in ms, so this works even where nothing beats dense on this device. The
+    search starts no lower than the plan at minimum ranks can reach (a noisy table can make the
+    minimum ranks slower than the oracle's choice).
     """
-    factor = 0.99
-    while factor > 0.5:
-        target = f"latency:{oracle_ms / factor:.6f}ms"
+    config = BCADLConfig(multiple_of=multiple)
+    problem = RankProblem.from_model(dense, shape, Metric.LATENCY, config.selector(), lut, [Metric.MACS])
+    target = max(oracle_ms / 0.99, problem.total(problem.minimal_ranks()) * 1.0001)
+    for _ in range(200):
         try:
-            admm = BCADL(dense, target, BCADLConfig(multiple_of=multiple), input_shape=shape, latency=lut, also=[flops])
-            return admm.plan(), target
+            budget = f"latency:{target:.6f}ms"
+            return BCADL(dense, budget, config, input_shape=shape, latency=lut, also=[flops]).plan(), budget
         except BatudeError:
-            factor -= 0.01
-    raise BatudeError("no feasible latency budget found up to twice the oracle's predicted latency")
+            target *= 1.01
+    raise BatudeError(f"no feasible latency budget found up to {target:.4g} ms")
 
 
 def _plans(dense, shape, lut, flops: str):
