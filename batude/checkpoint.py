@@ -98,6 +98,8 @@ def _check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
+    # what zipfile raises on damage: a bad central directory or entry (BadZipFile), a short read (EOFError,
+    # OSError), a mangled header field (ValueError), an unknown compression method (NotImplementedError)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
         bad = f"({type(err).__name__})"
     if bad is not None:

@@ -20,10 +20,16 @@ def _script(name):
     return module
 
 
-@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
-def test_accuracy_vs_budget_writes_results_and_plot(tmp_path):
+def _dense_checkpoint(tmp_path: Path) -> Path:
+    """An untrained Fashion-MNIST ResNet-20 checkpoint (the scripts read any dense batude checkpoint)."""
     dense = tmp_path / "dense.pt"
     batude.save(dense, resnet20(in_channels=1), arch="batude:resnet20", arch_kwargs={"in_channels": 1})
+    return dense
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
+def test_accuracy_vs_budget_writes_results_and_plot(tmp_path):
+    dense = _dense_checkpoint(tmp_path)
     bench = _script("accuracy_vs_budget")
     assert bench.main(["--dense", str(dense), "--out", str(tmp_path / "out"), "--subset", "200", "--budgets", "2x",
                        "--methods", "batude,uniform", "--epochs-admm", "1", "--epochs-ft", "0", "--device", "cpu"]) == 0
@@ -75,8 +81,7 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
 def test_latency_budget_accuracy_runs_both_budgets_on_one_table(tmp_path):
-    dense = tmp_path / "dense.pt"
-    batude.save(dense, resnet20(in_channels=1), arch="batude:resnet20", arch_kwargs={"in_channels": 1})
+    dense = _dense_checkpoint(tmp_path)
     bench = _script("latency_budget_accuracy")
     assert bench.main(["--dense", str(dense), "--out", str(tmp_path / "out"), "--subset", "200", "--epochs-admm", "1",
                        "--epochs-ft", "0", "--batch", "8", "--points", "2", "--iters", "2", "--flops", "1.5x"]) == 0

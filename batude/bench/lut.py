@@ -31,6 +31,7 @@ from batude.export.lower import Variant, apply_variants, variant_module
 from batude.functional.cost import LayerKind, max_ranks
 from batude.nn.decompose import Init, decompose_module
 from batude.rank.plan import RankPlan, apply_plan_
+from batude.rank.latency import predict_layers
 from batude.rank.problem import RankProblem, SelectorConfig, rank_grid
 
 __all__ = ["LatencyTable", "table_key"]
@@ -192,16 +193,7 @@ class LatencyTable:
         Layers the plan keeps dense, and table layers the plan does not list (skipped or filtered
         out), count at their dense latency. Returns the total and the variant per factorised layer.
         """
-        listed = {layer.name for layer in plan.layers}
-        total = self.other_ms + sum(t.dense_ms for n, t in self.layers.items() if n not in listed)
-        forms = {}
-        for layer in plan.layers:
-            if layer.ranks is None:
-                total += self._layer(layer.name).dense_ms
-            else:
-                forms[layer.name], ms = self.factorised_ms(layer.name, layer.ranks)
-                total += ms
-        return total, forms
+        return predict_layers(self, plan.layers)
 
     def validate(self, model: nn.Module, plan: RankPlan, iters: int = 20, warmup: int = 3) -> dict[str, float]:
         """Predicted vs measured latency of ``model`` factorised by ``plan``, each layer in the table's fastest variant."""

@@ -28,10 +28,10 @@ from batude.errors import BatudeError
 from batude.rank.budget import Metric
 
 if TYPE_CHECKING:
-    from batude.rank.plan import RankPlan
+    from batude.rank.plan import LayerPlan, RankPlan
     from batude.rank.problem import Limit, RankProblem
 
-__all__ = ["LatencyModel", "default_multiple", "fastest_plan", "grid_points"]
+__all__ = ["LatencyModel", "default_multiple", "fastest_plan", "grid_points", "predict_layers"]
 
 Ranks = tuple[int, ...]
 
@@ -59,6 +59,23 @@ class LatencyModel(Protocol):
     def grid(self, name: str) -> list[list[int]]:
         """The measured ranks of each mode."""
         ...
+
+
+def predict_layers(latency: LatencyModel, layers: Sequence[LayerPlan]) -> tuple[float, dict[str, str]]:
+    """Predicted model ms with ``layers`` as planned (factorised ones in their fastest variant), and those variants.
+
+    Table layers not listed (left out of the plan) and layers planned dense count at dense latency.
+    """
+    listed = {layer.name for layer in layers}
+    total = latency.other_ms + sum(latency.dense_ms(n) for n in latency.layer_names() if n not in listed)
+    variants = {}
+    for layer in layers:
+        if layer.ranks is None:
+            total += latency.dense_ms(layer.name)
+        else:
+            variants[layer.name], ms = latency.factorised_ms(layer.name, layer.ranks)
+            total += ms
+    return total, variants
 
 
 def default_multiple(latency: LatencyModel | None) -> int:

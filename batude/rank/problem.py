@@ -27,7 +27,7 @@ from batude.functional.cost import layer_macs, layer_params, max_ranks
 from batude.nn.profile import LayerProfile, ModelProfile, profile_model
 from batude.rank.budget import Budget, Metric
 from batude.rank.filter import LayerFilter
-from batude.rank.latency import LatencyModel, default_multiple, grid_points
+from batude.rank.latency import LatencyModel, default_multiple, grid_points, predict_layers
 from batude.rank.plan import LayerPlan, RankPlan
 
 __all__ = ["SelectorConfig", "Candidate", "Limit", "RankProblem", "rank_grid"]
@@ -138,9 +138,7 @@ class RankProblem:
                 latency.dense_ms(n) for n in latency.layer_names() if n not in names)
             self._dense[Metric.LATENCY] = [latency.dense_ms(c.name) for c in candidates]
         self.fixed = self._fixed[metric]
-        self.dense_total = self.fixed + sum(
-            self._current(c.layer, metric) if metric is not Metric.LATENCY else d
-            for c, d in zip(candidates, self._dense[metric]))
+        self.dense_total = self._model_total(metric)  # candidates are dense layers (the filter refuses factorised ones)
         self._memo: dict[str, Any] = {}
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -245,10 +243,11 @@ class RankProblem:
     def limit_of(self, budget: Budget) -> Limit:
         """``budget`` as a :class:`Limit` on this model (relative budgets: relative to its dense cost)."""
         metric = self._metric(budget.metric)
-        dense = self.fixed_cost(metric) + sum(self._dense[metric])
-        if metric is self.metric:
-            dense = self.dense_total
-        return Limit(metric, budget.limit(dense), budget)
+        return Limit(metric, budget.limit(self._model_total(metric)), budget)
+
+    def _model_total(self, metric: Metric) -> float:
+        """The model's cost as it is now: layers left out as they are, candidates dense."""
+        return self._fixed[metric] + sum(self._dense[metric])
 
     def limit(self, budget: Budget) -> float:
         if budget.metric is not self.metric:
@@ -318,14 +317,8 @@ class RankProblem:
     def _latency_record(self, layers: Sequence[LayerPlan]) -> dict[str, Any] | None:
         if self.latency is None:
             return None
-        total, variants = self.fixed_cost(Metric.LATENCY), {}
-        for i, layer in enumerate(layers):
-            if layer.ranks is None:
-                total += self.dense_cost(i, Metric.LATENCY)
-            else:
-                variants[layer.name], ms = self.latency.factorised_ms(layer.name, layer.ranks)
-                total += ms
-        dense = self.fixed_cost(Metric.LATENCY) + sum(self._dense[Metric.LATENCY])
+        total, variants = predict_layers(self.latency, layers)
+        dense = self._model_total(Metric.LATENCY)
         return {"predicted_ms": total, "dense_ms": dense, "speedup": dense / total,
                 "table": dict(self.latency.key), "variants": variants}
 

@@ -257,16 +257,15 @@ def test_oracle_bounds_every_selector(resnet18, lut18):
 
 
 def test_real_cpu_table_drives_a_latency_plan():
+    """A measured table (whatever this CPU finds faster) costs the plan; a loose latency limit is always feasible."""
     torch.manual_seed(0)
     model = resnet20(in_channels=1).eval()
     lut = LatencyTable.build(model, (1, 28, 28), batch=8, iters=3, warmup=1, points=2)
-    try:
-        plan = select_ranks(model, "latency:1.05x", "uniform", (1, 1, 28, 28), latency=lut)
-    except BatudeError as err:  # on this CPU no factorised form may beat dense at all: then it must say so
-        assert "no layer is eligible" in str(err) or "infeasible" in str(err)
-        pytest.skip(f"this machine's table has nothing faster than dense at 1.05x: {err}")
-    assert plan.latency["predicted_ms"] <= lut.model_ms / 1.05 + 1e-12
-    assert plan.latency["table"]["device"] == "cpu"
+    limit = 2 * lut.model_ms
+    plan = select_ranks(model, "1.5x", "uniform", (1, 1, 28, 28), latency=lut, also=[f"latency:{limit}ms"])
+    assert plan.macs_reduction >= 1.5 and plan.latency["predicted_ms"] <= limit
+    assert plan.latency["predicted_ms"] == pytest.approx(lut.predict(plan)[0])
+    assert plan.latency["table"]["device"] == "cpu" and plan.options["multiple_of"] == 8  # fp32 table: x8
 
 
 def test_a_flops_limit_factorises_layers_whose_chains_are_slower():
