@@ -15,7 +15,7 @@ import inspect
 
 import torch
 
-__all__ = ["SPLIT_K_MAX_ROWS", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "autotuned", "workspace",
+__all__ = ["SPLIT_K_MAX_ROWS", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "autotuned", "candidates", "KERNELS", "workspace",
            "num_sms", "next_pow2"]
 
 SPLIT_K_MAX_ROWS = 4096  # split-K (and its fp32 workspace of M*S) only for at most this many output pixels
@@ -53,6 +53,23 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _element_size(a: dict, ptr: str) -> int:
+    t = a.get(ptr)
+    return t.element_size() if isinstance(t, torch.Tensor) else 2
+
+
+def _fits_shared(rp: int, block_s: int, stages: int, element_size: int) -> bool:
+    """False for the tile configs that need more shared memory than an H100 block may have (227 KB).
+
+    Found by compiling every candidate for sm_90 (``benchmarks/kernels_aot.py``): with ``R1p >= 256``
+    the epilogue's ``[R1p, BLOCK_S]`` tiles are multi-buffered like the main loop's, so
+    ``BLOCK_S = 128`` at 3 stages, or 4 stages in fp32, overflow (245-344 KB).
+    """
+    if rp < 256:
+        return True
+    return block_s <= 64 and stages <= (3 if element_size <= 2 else 2)
+
+
 def _tucker2_ok(bm: int, bk: int, split: int, warps: int, a: dict) -> bool:
     m, rp, sms = a["M"], a["RP"], num_sms()
     if bm * rp > _MAX_ACC or (bm * rp >= 8192 and warps < 8):
@@ -76,6 +93,8 @@ def _prune_tucker2(configs, named_args, **kwargs):
         kw["BLOCK_C"] = _clamp_pow2(a["C"], 16, 64)
         if not _tucker2_ok(kw["BLOCK_M"], kw["BLOCK_K"], kw["SPLIT_K"], cfg.num_warps, a):
             continue
+        if not _fits_shared(a["RP"], kw["BLOCK_S"], cfg.num_stages, _element_size(a, "src_ptr")):
+            continue
         sig = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
         if sig not in seen:
             seen.add(sig)
@@ -95,6 +114,8 @@ def _prune_lowrank(configs, named_args, **kwargs):
         if bm * a["RP"] > _MAX_ACC or (bm * a["RP"] >= 8192 and cfg.num_warps < 8):
             continue
         if (bm <= 16 and _cdiv(a["M"], 64) >= 2 * num_sms()) or (bm >= 128 and _cdiv(a["M"], 128) < num_sms()):
+            continue
+        if not _fits_shared(a["RP"], kw["BLOCK_S"], cfg.num_stages, _element_size(a, "x_ptr")):
             continue
         sig = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
         if sig not in seen:
@@ -137,7 +158,9 @@ def heuristic_lowrank(m: int, c: int, rp: int, interpret: bool) -> dict:
         return dict(BLOCK_M=32, BLOCK_C=16, BLOCK_S=16, num_warps=4, num_stages=1)
     sms = num_sms()
     bm = min(64 if m >= 64 * sms else (32 if m >= 16 * sms else 16), _MAX_ACC // rp)
-    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, num_warps=8 if bm * rp >= 8192 else 4, num_stages=3)
+    # 2 stages from R1p = 256 on: 3 overflow shared memory in fp32 at R1p = 512 (kernels_aot.py)
+    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, num_warps=8 if bm * rp >= 8192 else 4,
+                num_stages=2 if rp >= 256 else 3)
 
 
 def heuristic_pointwise(m: int, n_out: int, interpret: bool) -> dict:
@@ -159,6 +182,27 @@ def _bench_kwargs() -> dict:
     return {"warmup": 5, "rep": 20} if "warmup" in params else {}
 
 
+def candidates(kind: str) -> tuple[list, list[str], object]:
+    """``(configs, key, prune)`` of one kernel (``tucker2``, ``lowrank`` or ``pointwise``): the autotuning
+    candidates, the arguments that key the tuning cache and the per-key pruning function."""
+    import triton
+
+    if kind == "tucker2":
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_K=sk), num_warps=w, num_stages=st)
+                   for bm, bk, bs, sk, w, st in _TUCKER2]
+        return configs, ["M", "OH", "OW", "C", "RK", "S", "KH", "KW", "STRIDE_H", "RP", "FUSE_FIRST"], _prune_tucker2
+    if kind == "lowrank":
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st) for bm, bc, bs, w, st in _LOWRANK]
+        return configs, ["M", "OH", "OW", "C", "S", "STRIDE_H", "RP"], _prune_lowrank
+    if kind == "pointwise":
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc), num_warps=w, num_stages=st) for bm, bn, bc, w, st in _POINTWISE]
+        return configs, ["M", "C", "N_OUT"], _prune_pointwise
+    raise ValueError(f"unknown kernel kind {kind!r}")
+
+
+KERNELS = {"tucker2": "_tucker2_kernel", "lowrank": "_lowrank_kernel", "pointwise": "_pointwise_kernel"}
+
+
 @functools.lru_cache(maxsize=None)
 def autotuned(kind: str):
     """The autotuned wrapper of one kernel (``tucker2``, ``lowrank`` or ``pointwise``), built on first use."""
@@ -166,20 +210,8 @@ def autotuned(kind: str):
 
     from batude.kernels._runtime import jit_module
 
-    jit = jit_module()
-    if kind == "tucker2":
-        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_K=sk), num_warps=w, num_stages=st)
-                   for bm, bk, bs, sk, w, st in _TUCKER2]
-        key = ["M", "OH", "OW", "C", "RK", "S", "KH", "KW", "STRIDE_H", "RP", "FUSE_FIRST"]
-        fn, prune = jit._tucker2_kernel, _prune_tucker2
-    elif kind == "lowrank":
-        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st) for bm, bc, bs, w, st in _LOWRANK]
-        key = ["M", "OH", "OW", "C", "S", "STRIDE_H", "RP"]
-        fn, prune = jit._lowrank_kernel, _prune_lowrank
-    else:
-        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc), num_warps=w, num_stages=st) for bm, bn, bc, w, st in _POINTWISE]
-        key = ["M", "C", "N_OUT"]
-        fn, prune = jit._pointwise_kernel, _prune_pointwise
+    configs, key, prune = candidates(kind)
+    fn = getattr(jit_module(), KERNELS[kind])
     return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **_bench_kwargs())(fn)
 
 

@@ -20,7 +20,7 @@ from batude.kernels import _configs as cfg
 from batude.kernels._runtime import autotune_enabled, interpreting, jit_module
 from batude.kernels.tucker2 import _MAX_R, _pair, check_activation, check_epilogue, precision_for, tucker2_output_size
 
-__all__ = ["lowrank_chain"]
+__all__ = ["lowrank_chain", "chain_args"]
 
 
 def _check(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> tuple[int, int]:
@@ -36,6 +36,17 @@ def _check(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> tuple[int, int]
         if t.dtype != x.dtype or t.device != x.device or not t.is_contiguous():
             raise BatudeError(f"{name} must be contiguous {x.dtype} on {x.device}, got {t.dtype} on {t.device}")
     return rp, s
+
+
+def chain_args(nchw: tuple[int, int, int, int], out_hw: tuple[int, int], s: int, x_strides: tuple[int, int, int],
+               stride: tuple[int, int], padding: tuple[int, int], flags: Sequence[bool]) -> dict:
+    """The integer arguments of the chain kernel (shared with :mod:`batude.kernels.aot`)."""
+    n, c, h, w = nchw
+    (oh, ow), (sn, sh, sw) = out_hw, x_strides
+    has_scale, has_shift, has_res, relu = (int(bool(f)) for f in flags)
+    return dict(M=n * oh * ow, H=h, W=w, OH=oh, OW=ow, C=c, S=s, s_n=sn, s_h=sh, s_w=sw, STRIDE_H=stride[0],
+                STRIDE_W=stride[1], PAD_H=padding[0], PAD_W=padding[1], HAS_SCALE=has_scale, HAS_SHIFT=has_shift,
+                HAS_RES=has_res, RELU=relu)
 
 
 def lowrank_chain(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, *, scale: torch.Tensor | None = None,
@@ -67,10 +78,9 @@ def lowrank_chain(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, *, scale: t
     dummy = cfg.dummy_f32(x.device)
     ptrs = (x, b, a, scale if scale is not None else dummy, shift if shift is not None else dummy,
             residual if residual is not None else out, out)
-    args = dict(M=m, H=h, W=w, OH=oh, OW=ow, C=c, S=s, s_n=x.stride(0), s_h=x.stride(2), s_w=x.stride(3),
-                STRIDE_H=stride[0], STRIDE_W=stride[1], PAD_H=padding[0], PAD_W=padding[1],
-                HAS_SCALE=int(scale is not None), HAS_SHIFT=int(shift is not None), HAS_RES=int(residual is not None),
-                RELU=int(bool(relu)), RP=rp, PRECISION=precision_for(x.dtype))
+    args = chain_args((n, c, h, w), (oh, ow), s, (x.stride(0), x.stride(2), x.stride(3)), stride, padding,
+                      (scale is not None, shift is not None, residual is not None, relu))
+    args.update(RP=rp, PRECISION=precision_for(x.dtype))
     if config is None and autotune_enabled():
         grid = lambda META: (-(-m // META["BLOCK_M"]),)  # noqa: E731
         cfg.autotuned("lowrank")[grid](*ptrs, **args)

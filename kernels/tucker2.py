@@ -50,7 +50,7 @@ from batude.errors import BatudeError
 from batude.kernels import _configs as cfg
 from batude.kernels._runtime import autotune_enabled, check_device, interpreting, jit_module
 
-__all__ = ["tucker2_conv", "tucker2_output_size", "auto_choice", "MODES"]
+__all__ = ["tucker2_conv", "tucker2_output_size", "auto_choice", "core_args", "MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,20 @@ def precision_for(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # the flag only matters for fp32 operands
 
 
+def core_args(geo: tuple, src_strides: tuple[int, int, int] | None, flags: Sequence[bool]) -> dict:
+    """The integer arguments of the core kernel (shared with :mod:`batude.kernels.aot`).
+
+    ``src_strides``: the ``(n, h, w)`` element strides of the fused mode's NHWC input; None for the
+    split mode's dense ``(N, H, W, R2p)`` intermediate. ``flags``: has scale, shift, residual; ReLU.
+    """
+    n, c, h, w, oh, ow, kh, kw, rk, rp, s, stride, padding, dilation = geo
+    sn, sh, sw = src_strides if src_strides is not None else (h * w * rk, w * rk, rk)
+    has_scale, has_shift, has_res, relu = (int(bool(f)) for f in flags)
+    return dict(M=n * oh * ow, H=h, W=w, OH=oh, OW=ow, C=c, RK=rk, S=s, s_n=sn, s_h=sh, s_w=sw, KH=kh, KW=kw,
+                STRIDE_H=stride[0], STRIDE_W=stride[1], PAD_H=padding[0], PAD_W=padding[1], DIL_H=dilation[0],
+                DIL_W=dilation[1], HAS_SCALE=has_scale, HAS_SHIFT=has_shift, HAS_RES=has_res, RELU=relu)
+
+
 def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: dict | None) -> None:
     """One launch of the core kernel (``src`` is x when fused, the intermediate when split)."""
     n, c, h, w, oh, ow, kh, kw, rk, rp, s, stride, padding, dilation = geo
@@ -142,11 +156,8 @@ def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: d
     may_split = (tune and m <= cfg.SPLIT_K_MAX_ROWS) or (config is not None and config.get("SPLIT_K", 1) > 1)
     # always the real buffers (tiny when unused), so split and non-split launches share one kernel signature
     ws, cnt = cfg.workspace(x.device, m * s if may_split else 1, -(-m // 16) if may_split else 1)
-    sn, sh, sw = (src.stride(0), src.stride(2), src.stride(3)) if fuse else (h * w * rk, w * rk, rk)
-    args = dict(M=m, H=h, W=w, OH=oh, OW=ow, C=c, RK=rk, S=s, s_n=sn, s_h=sh, s_w=sw, KH=kh, KW=kw,
-                STRIDE_H=stride[0], STRIDE_W=stride[1], PAD_H=padding[0], PAD_W=padding[1], DIL_H=dilation[0],
-                DIL_W=dilation[1], HAS_SCALE=int(scale is not None), HAS_SHIFT=int(shift is not None),
-                HAS_RES=int(residual is not None), RELU=int(relu))
+    src_strides = (src.stride(0), src.stride(2), src.stride(3)) if fuse else None
+    args = core_args(geo, src_strides, (scale is not None, shift is not None, residual is not None, relu))
     ptrs = (src, u_in, core, u_out, scale if scale is not None else dummy, shift if shift is not None else dummy,
             residual if residual is not None else out, out, ws, cnt)
     meta = dict(RP=rp, FUSE_FIRST=fuse, PRECISION=precision_for(x.dtype))

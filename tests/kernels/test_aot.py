@@ -1,0 +1,105 @@
+"""The kernels compiled for sm_90 on this CPU machine with Triton's real compiler and ptxas (no GPU).
+
+These catch what the interpreter cannot: code that Triton's compiler rejects, and tile configs that
+need more shared memory than an H100 block may have. ``benchmarks/kernels_aot.py`` sweeps every
+candidate; here a few representative launches are compiled on every CI run.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+from kernel_cases import HAS_TRITON, INTERPRETED
+
+
+def _has_ptxas() -> bool:
+    if not HAS_TRITON or importlib.util.find_spec("triton.backends.nvidia") is None:
+        return False
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    return os.path.exists(get_ptxas(90).path)
+
+
+pytestmark = pytest.mark.skipif(INTERPRETED or not _has_ptxas(),
+                                reason="needs triton with its NVIDIA backend and ptxas, and no TRITON_INTERPRET")
+
+
+def _heuristic_spec(specs, kind):
+    """The spec of the heuristic config (``BATUDE_TRITON_AUTOTUNE=0``): the last one of its kind."""
+    return [s for s in specs if s.kind == kind][-1]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("mode", ["fused", "split"])
+def test_resnet18_tucker2_layer_compiles_for_h100(mode, dtype):
+    from batude.kernels.aot import SHARED_LIMIT, Layer, compile_spec, layer_specs
+
+    specs = layer_specs(Layer(c=128, s=256, hw=28, k=3, stride=2, r1=128, r2=64, batch=1), dtype, mode)
+    assert {s.kind for s in specs} == ({"tucker2"} if mode == "fused" else {"tucker2", "pointwise"})
+    assert any(s.args["SPLIT_K"] > 1 for s in specs if s.kind == "tucker2")  # batch 1, 14x14: split-K candidates
+    rec = compile_spec(_heuristic_spec(specs, "tucker2"))
+    assert rec["ok"], rec["error"]
+    assert 0 < rec["shared_bytes"] <= SHARED_LIMIT[90]
+    assert 0 < rec["registers"] <= 255 and rec["spill_bytes"] is not None
+    assert rec["fuse_first"] is (mode == "fused") and rec["rp"] == 128
+
+
+def test_lowrank_chain_compiles_for_h100():
+    from batude.kernels.aot import Layer, compile_spec, layer_specs
+
+    specs = layer_specs(Layer(c=256, s=512, hw=14, k=1, stride=2, r1=61, r2=0, batch=64), "fp16", "chain")
+    rec = compile_spec(_heuristic_spec(specs, "lowrank"))
+    assert rec["ok"], rec["error"]
+    assert rec["kind"] == "lowrank" and rec["rp"] == 64
+
+
+def test_a_config_over_the_shared_memory_limit_is_reported_and_pruned():
+    """(64, 32, 128) x 8 warps x 3 stages at R1p = 256 was an autotuning candidate until the sweep found it
+    needs 245760 bytes of shared memory (an H100 block may have 232448); pruning now drops it."""
+    from batude.kernels import _configs
+    from batude.kernels.aot import Layer, compile_spec, layer_specs
+
+    specs = layer_specs(Layer(c=256, s=512, hw=14, k=1, stride=2, r1=192, r2=0, batch=1), "fp16", "chain")
+    big = (64, 32, 128, 8, 3)
+    assert all((s.args["BLOCK_M"], s.args["BLOCK_C"], s.args["BLOCK_S"], s.num_warps, s.num_stages) != big for s in specs)
+    spec = specs[-1]
+    spec.args.update(BLOCK_M=64, BLOCK_C=32, BLOCK_S=128)
+    spec.num_warps, spec.num_stages = 8, 3
+    rec = compile_spec(spec)
+    assert not rec["ok"] and rec["shared_bytes"] > 232448
+    assert "shared memory" in rec["error"] and "sm_90 allows 232448" in rec["error"]
+    assert (64, 32, 128, 8, 3) in [(bm, bc, bs, w, st) for bm, bc, bs, w, st in _configs._LOWRANK]  # still a candidate elsewhere
+
+
+def test_equal_specialisations_share_a_key_and_different_ones_do_not():
+    from batude.kernels.aot import Layer, layer_specs, spec_key
+
+    a = layer_specs(Layer(c=64, s=64, hw=56, k=3, stride=1, r1=32, r2=32, batch=64), "fp16", "fused")
+    b = layer_specs(Layer(c=64, s=64, hw=56, k=3, stride=1, r1=32, r2=32, batch=32), "fp16", "fused")
+    # M, H, W are not specialised: another batch compiles the same kernels (for the configs both keep)
+    assert {spec_key(s) for s in a} & {spec_key(s) for s in b}
+    c = layer_specs(Layer(c=64, s=64, hw=56, k=3, stride=1, r1=64, r2=32, batch=64), "fp16", "fused")
+    assert not {spec_key(s) for s in a} & {spec_key(s) for s in c}  # another padded R1: another kernel
+
+
+def test_arguments_that_do_not_match_the_kernel_are_refused():
+    from batude.errors import BatudeError
+    from batude.kernels.aot import Layer, compile_spec, layer_specs
+
+    spec = layer_specs(Layer(c=64, s=64, hw=8, k=3, stride=1, r1=16, r2=16, batch=1), "fp16", "fused")[0]
+    del spec.args["s_n"]
+    spec.args["s_x"] = 1
+    with pytest.raises(BatudeError, match=r"missing \['s_n'\], unknown \['s_x'\]"):
+        compile_spec(spec)
+
+
+def test_unknown_mode_and_a_chain_on_a_3x3_are_refused():
+    from batude.errors import BatudeError
+    from batude.kernels.aot import Layer, layer_specs
+
+    layer = Layer(c=64, s=64, hw=8, k=3, stride=1, r1=16, r2=16, batch=1)
+    with pytest.raises(BatudeError, match="unknown mode 'nope'"):
+        layer_specs(layer, "fp16", "nope")
+    with pytest.raises(BatudeError, match="1x1 low-rank pair"):
+        layer_specs(layer, "fp16", "chain")
