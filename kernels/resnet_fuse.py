@@ -9,8 +9,9 @@ is folded into the packed factors (scale into the output factor's columns, shift
 epilogue's ``shift``), the ReLU is the epilogue's activation, and the last conv of the block takes
 the shortcut's output as the epilogue's ``residual`` (add, then ReLU). With Tucker-2 and low-rank
 1x1 layers (duck-typed: ``first``/``core``/``last`` convs) every unit is one custom-op call
-(:mod:`batude.kernels._ops`); dense convs (stem, layers left dense) get BN folded into the conv and
-the add/ReLU in PyTorch (``torch.compile`` fuses those). A projection shortcut ``Sequential(conv,
+(:mod:`batude.kernels._ops`); dense convs (stem, layers left dense) and ``Sequential``\ s of convs
+(factorised layers lowered to cuDNN variants by ``apply_variants(..., plain=True)``) get
+BN folded into their (last) conv and the add/ReLU in PyTorch (``torch.compile`` fuses those). A projection shortcut ``Sequential(conv,
 BN)`` becomes a unit too. The stem's ``bn1`` is folded into ``conv1``.
 
 The rewritten model is for inference only; its packed buffers follow ``.to()``/``.half()``.
@@ -76,14 +77,20 @@ class FusedConv(nn.Module):
 
 
 @torch.no_grad()
-def _dense_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: bool) -> FusedConv:
+def _dense_unit(conv: nn.Module, bn: nn.BatchNorm2d | None, relu: bool) -> FusedConv:
+    """A conv, or a ``Sequential`` of convs (a factorised layer lowered for cuDNN), with ``bn`` folded into the last."""
     folded = copy.deepcopy(conv)
+    last = folded[-1] if isinstance(folded, nn.Sequential) else folded
     if bn is not None:
         g, h = bn_affine(bn)
-        bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(g)
-        folded.weight.copy_((conv.weight.float() * g.reshape(-1, 1, 1, 1)).to(conv.weight.dtype))
-        folded.bias = nn.Parameter((bias * g + h).to(conv.weight.dtype), requires_grad=False)
+        bias = last.bias.float() if last.bias is not None else torch.zeros_like(g)
+        last.weight.copy_((last.weight.float() * g.reshape(-1, 1, 1, 1)).to(last.weight.dtype))
+        last.bias = nn.Parameter((bias * g + h).to(last.weight.dtype), requires_grad=False)
     return FusedConv("dense", relu, {}, {}, conv=folded)
+
+
+def _is_conv_sequence(m: nn.Module) -> bool:
+    return isinstance(m, nn.Sequential) and len(m) > 0 and all(type(c) is nn.Conv2d for c in m)
 
 
 def fuse_unit(conv: nn.Module, bn: nn.BatchNorm2d | None, relu: bool, mode: str = "auto") -> FusedConv:
@@ -101,8 +108,9 @@ def fuse_unit(conv: nn.Module, bn: nn.BatchNorm2d | None, relu: bool, mode: str 
         return FusedConv("lowrank", relu, geo, {"b": p.b, "a": p.a, "shift": shift}, mode=mode)
     if hasattr(conv, "to_conv") and (_is_tucker2(conv) or _is_lowrank_conv(conv)):
         conv = conv.to_conv()  # geometry the kernels do not support: run it as its dense equivalent
-    if type(conv) is not nn.Conv2d:
-        raise BatudeError(f"cannot fuse a {type(conv).__name__}: expected nn.Conv2d, TuckerConv2d or LowRankConv1x1")
+    if type(conv) is not nn.Conv2d and not _is_conv_sequence(conv):
+        raise BatudeError(f"cannot fuse a {type(conv).__name__}: expected nn.Conv2d, a Sequential of them, TuckerConv2d "
+                          "or LowRankConv1x1")
     return _dense_unit(conv, bn, relu)
 
 

@@ -7,6 +7,15 @@ model (whole dense latency minus its eligible layers). ``predict`` interpolates 
 grid points (clamped at the grid's ends). A table is keyed by device, torch version, dtype, batch
 and backend, and refuses to be used elsewhere. ``validate`` compares its prediction for a plan
 with the measured latency of the factorised model.
+
+Backends: ``eager`` (modules called from Python), ``cuda-graph`` (each module captured once and
+replayed) and ``triton``: CUDA graphs, plus each factorised 1x1/kxk conv on batude's fused Triton
+kernel (:mod:`batude.kernels`, ``impl="triton"``) as one more variant, so that rank selection may
+choose the kernel layer by layer. Grid points the kernel cannot run (padded ranks above 512) are
+``null`` and never chosen. A kernel table times layers alone: the BatchNorm/ReLU/residual epilogue
+fusion of ``bench --backend triton`` (``fuse_resnet_``) is a further saving it does not predict.
+On the CPU a ``triton`` table can only be built under ``TRITON_INTERPRET=1`` (tests; interpreted
+timings mean nothing).
 """
 
 from __future__ import annotations
@@ -77,13 +86,18 @@ class LayerTable:
     ms: dict[str, list]  # variant -> latencies: [r1][r2] for Tucker-2, [r] for low-rank
 
     def predict(self, ranks: Sequence[int], variant: str) -> float:
+        """Interpolated ms of ``variant`` at ``ranks``; ``inf`` where a grid point it needs was not measurable."""
         table = self.ms[variant]
         if len(self.grids) == 1:
             lo, hi, w = _interp(self.grids[0], ranks[0])
-            return (1 - w) * table[lo] + w * table[hi]
-        (a0, a1, wa), (b0, b1, wb) = _interp(self.grids[0], ranks[0]), _interp(self.grids[1], ranks[1])
-        return ((1 - wa) * ((1 - wb) * table[a0][b0] + wb * table[a0][b1])
-                + wa * ((1 - wb) * table[a1][b0] + wb * table[a1][b1]))
+            corners = [(1 - w, table[lo]), (w, table[hi])]
+        else:
+            (a0, a1, wa), (b0, b1, wb) = _interp(self.grids[0], ranks[0]), _interp(self.grids[1], ranks[1])
+            corners = [((1 - wa) * (1 - wb), table[a0][b0]), ((1 - wa) * wb, table[a0][b1]),
+                       (wa * (1 - wb), table[a1][b0]), (wa * wb, table[a1][b1])]
+        if any(ms is None for weight, ms in corners):
+            return float("inf")
+        return sum(weight * ms for weight, ms in corners)
 
     def best(self, ranks: Sequence[int]) -> tuple[str, float]:
         """Fastest form at ``ranks`` (a factorised variant, or ``dense``)."""
@@ -111,10 +125,12 @@ class LatencyTable:
         captured once and replayed: no launch overhead from Python, what a served model pays).
         ``progress(i, n, name)`` is called before each of the ``n`` layers is timed.
         """
-        if backend not in ("eager", "cuda-graph"):
-            raise BatudeError(f"latency tables are measured with the eager or cuda-graph backend, not '{backend}'")
+        if backend not in ("eager", "cuda-graph", "triton"):
+            raise BatudeError(f"latency tables are measured with the eager, cuda-graph or triton backend, not '{backend}'")
         if backend == "cuda-graph" and torch.device(device).type != "cuda":
             raise BatudeError("a cuda-graph latency table needs --device cuda; use --backend eager on the CPU")
+        if backend == "triton":
+            _check_kernels(torch.device(device))
         if points < 2 or multiple_of < 1:
             raise BatudeError(f"a rank grid needs points >= 2 and multiple_of >= 1 (got {points}, {multiple_of}); "
                               "pass e.g. --points 4 --multiple-of 8")
@@ -135,7 +151,7 @@ class LatencyTable:
             if dev.type == "cuda" and x.dim() == 4:  # as batude.bench measures models on a GPU
                 module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                run = torch_runner(module, x, Backend(backend))
+                run = torch_runner(module, x, _runner_backend(backend, dev))
             return time_callable(run, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms
 
         x = torch.randn((batch, *input_shape), device=dev, dtype=dtype)
@@ -148,7 +164,7 @@ class LatencyTable:
             dense_ms = time(cand.module, xi, cand.name)
             grids = [_grid(full, points, multiple_of) for full in max_ranks(cand.layer.kind, cand.layer.geometry)]
             layers[cand.name] = LayerTable(cand.name, cand.layer.kind.value, dense_ms, grids,
-                                           _measure_grid(cand, grids, xi, time))
+                                           _measure_grid(cand, grids, xi, time, kernels=backend == "triton"))
         other = model_ms - sum(t.dense_ms for t in layers.values())
         if other < 0:  # per-layer timings add up to more than the whole model (caches, launch overlap)
             log.warning("the eligible layers timed alone take %.3f ms more than the whole model; "
@@ -204,10 +220,14 @@ class LatencyTable:
         predicted, forms = self.predict(plan)
         compressed = apply_plan_(copy.deepcopy(model), plan, init=Init.EMPTY).eval()
         tucker = {l.name for l in plan.layers if l.ranks is not None and l.kind is LayerKind.TUCKER2}
-        compressed = apply_variants(compressed, {n: v for n, v in forms.items() if n in tucker}).to(dev, dtype)
+        forms = {n: v for n, v in forms.items() if n in tucker or v == Variant.TRITON.value}
+        backend = self.key.get("backend", "eager")
+        compressed = apply_variants(compressed, forms, plain=backend == "triton").to(dev, dtype)
         x = torch.randn((self.key["batch"], *self.input_shape), device=dev, dtype=dtype)
+        if dev.type == "cuda":
+            compressed, x = compressed.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            run = torch_runner(compressed, x, Backend(self.key.get("backend", "eager")))
+            run = torch_runner(compressed, x, _runner_backend(backend, dev))
         measured = time_callable(run, iters=iters, warmup=warmup, device=dev).median_ms
         return {"predicted_ms": predicted, "measured_ms": measured, "error": abs(predicted - measured) / measured}
 
@@ -237,22 +257,59 @@ class LatencyTable:
                               "rebuild it with `batude lut build`") from None
 
 
-def _measure_grid(cand, grids: list[list[int]], x: torch.Tensor, time) -> dict[str, list]:
+def _check_kernels(dev: torch.device) -> None:
+    """Refuse a ``triton`` table where batude's kernels cannot run, saying what to do instead."""
+    from batude.nn.tucker_conv import ensure_kernels_importable
+
+    ensure_kernels_importable()
+    from batude.kernels._runtime import interpreting, triton_unavailable_reason
+
+    reason = triton_unavailable_reason()
+    if reason:
+        raise BatudeError(f"a triton latency table needs batude's kernels: {reason}")
+    if dev.type != "cuda" and not interpreting():
+        raise BatudeError("a triton latency table needs --device cuda (the kernels run on the CPU only under "
+                          "TRITON_INTERPRET=1, whose timings mean nothing); use --backend eager on the CPU")
+
+
+def _runner_backend(backend: str, dev: torch.device) -> Backend:
+    """How a table's modules are run: ``triton`` tables replay CUDA graphs (eagerly under the CPU interpreter)."""
+    if backend == "triton":
+        return Backend.CUDA_GRAPH if dev.type == "cuda" else Backend.EAGER
+    return Backend(backend)
+
+
+def _on_kernel(layer: nn.Module) -> nn.Module | None:
+    """``layer`` on the Triton kernel, or None where the kernel cannot run it (the grid point stays null)."""
+    try:
+        return variant_module(layer, Variant.TRITON)
+    except BatudeError as err:
+        log.debug("no kernel timing for %s: %s", getattr(layer, "name", layer), err)
+        return None
+
+
+def _measure_grid(cand, grids: list[list[int]], x: torch.Tensor, time, kernels: bool = False) -> dict[str, list]:
+    """Latencies of every form on the grid; ``kernels`` adds the ``triton`` form (None where it cannot run)."""
     kind = LayerKind(cand.layer.kind)
     if kind is not LayerKind.TUCKER2:
-        row = []
+        forms = ("chain", "triton") if kernels and kind is LayerKind.LOWRANK_CONV else ("chain",)
+        rows: dict[str, list] = {f: [] for f in forms}
         for r in grids[0]:
             layer = decompose_module(cand.module, kind, (r,), name=cand.name, init=Init.EMPTY).eval().to(x.device, x.dtype)
-            row.append(time(layer, x, f"{cand.name} r{r}"))
-        return {"chain": row}
-    tables: dict[str, list] = {v.value: [] for v in _TUCKER_VARIANTS}
+            rows["chain"].append(time(layer, x, f"{cand.name} r{r}"))
+            if "triton" in rows:
+                kernel = _on_kernel(layer)
+                rows["triton"].append(None if kernel is None else time(kernel, x, f"{cand.name} triton r{r}"))
+        return rows
+    variants = _TUCKER_VARIANTS + ((Variant.TRITON,) if kernels else ())
+    tables: dict[str, list] = {v.value: [] for v in variants}
     for r1 in grids[0]:
-        rows = {v.value: [] for v in _TUCKER_VARIANTS}
+        rows = {v.value: [] for v in variants}
         for r2 in grids[1]:
-            layer = decompose_module(cand.module, kind, (r1, r2), name=cand.name, init=Init.EMPTY)
-            for v in _TUCKER_VARIANTS:
-                module = variant_module(layer, v).eval().to(x.device, x.dtype)
-                rows[v.value].append(time(module, x, f"{cand.name} {v.value} {r1},{r2}"))
-        for v in _TUCKER_VARIANTS:
+            layer = decompose_module(cand.module, kind, (r1, r2), name=cand.name, init=Init.EMPTY).eval().to(x.device, x.dtype)
+            for v in variants:
+                module = _on_kernel(layer) if v is Variant.TRITON else variant_module(layer, v).eval()
+                rows[v.value].append(None if module is None else time(module, x, f"{cand.name} {v.value} {r1},{r2}"))
+        for v in variants:
             tables[v.value].append(rows[v.value])
     return tables

@@ -37,8 +37,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     models = {"compressed" if plan is not None else "model": ckpt.model}
     if args.compare_dense and plan is not None:
         models = {"dense": dense if dense is not None else densify(ckpt.model), **models}
-    if plan is not None and plan.variants:  # run each Tucker layer as the variant its latency table chose
-        models["compressed"] = apply_variants(models["compressed"], plan.variants)
+    if plan is not None and plan.variants:  # run each layer as the variant its latency table chose
+        # a kernel table timed its non-kernel layers on cuDNN: keep them there under --backend triton too
+        kernel_table = plan.latency["table"].get("backend") == "triton"
+        models["compressed"] = apply_variants(models["compressed"], plan.variants, plain=kernel_table)
     macs = {name: flop_counter_macs(m, (1, *per_image)) for name, m in models.items()}
     results = []
     for name, model in models.items():

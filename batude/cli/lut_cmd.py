@@ -55,8 +55,9 @@ def register(sub) -> None:
     b.add_argument("--batch", type=positive_int, default=1)
     b.add_argument("--points", type=positive_int, default=4, help="grid points per rank (at least 2)")
     b.add_argument("--multiple-of", type=positive_int, default=None, help="grid ranks are multiples of this (default 16 for fp16, 8 for fp32)")
-    b.add_argument("--backend", choices=["eager", "cuda-graph"], default="eager",
-                   help="time each module eagerly or as a replayed CUDA graph (GPU; what a served model pays)")
+    b.add_argument("--backend", choices=["eager", "cuda-graph", "triton"], default="eager",
+                   help="time each module eagerly or as a replayed CUDA graph (GPU; what a served model pays); "
+                        "triton: CUDA graphs, plus each factorised conv on batude's fused Triton kernel as one more variant")
     b.add_argument("--iters", type=positive_int, default=20)
     b.add_argument("--out", required=True, help="JSON table to write")
     b.set_defaults(func=_cmd_build)

@@ -7,7 +7,13 @@ Variants of a ``TuckerConv2d`` (all compute the same function; DEPLOYMENT.md):
 ``merge_first`` kxk C->R1 (core x V), 1x1 R1->S             ``H'W'*k*C*R1 + H'W'*R1*S``
 ``merge_last``  1x1 C->R2, kxk R2->S (U x core)             ``HW*C*R2 + H'W'*k*R2*S``
 ``dense``      kxk C->S rebuilt from the factors            ``H'W'*k*C*S``
+``triton``     the chain, run by batude's fused Triton       as ``chain`` (the kernel's ``fused`` mode
+               kernel (``impl="triton"``, CUDA only)         recomputes the first 1x1 per tap)
 =============  ==========================================  =========================================
+
+``triton`` is a runtime choice (a latency table measured with ``--backend triton`` may pick it per
+layer; a low-rank 1x1 pair may take it too): ONNX has no Triton kernels, so ``lower`` exports it as
+the ``chain``.
 
 ``lower(model, policy)`` picks one per layer (``min-flops``: fewest MACs at the model's shapes;
 ``chain``: always the chain; a ``{layer: variant}`` dict overrides), replaces the layers, traces
@@ -26,9 +32,10 @@ from torch import fx, nn
 
 from batude.errors import BatudeError
 from batude.nn.profile import profile_model
-from batude.nn.tucker_conv import TuckerConv2d
+from batude.nn.lowrank import LowRankConv1x1
+from batude.nn.tucker_conv import TuckerConv2d, check_impl
 
-__all__ = ["Variant", "variant_macs", "variant_module", "apply_variants", "choose_variants", "fold_batchnorm", "lower"]
+__all__ = ["Variant", "variant_macs", "variant_module", "apply_variants", "plain_chain", "choose_variants", "fold_batchnorm", "lower"]
 
 
 class Variant(str, enum.Enum):
@@ -36,12 +43,15 @@ class Variant(str, enum.Enum):
     MERGE_FIRST = "merge_first"
     MERGE_LAST = "merge_last"
     DENSE = "dense"
+    TRITON = "triton"
 
 
 def variant_macs(variant: Variant, out_ch: int, in_ch: int, k: int, ranks: tuple[int, int],
                  in_positions: int, out_positions: int) -> int:
     """MACs per image of ``variant`` (``k`` = kh*kw; positions = H*W in, H'*W' out)."""
     r1, r2 = ranks
+    if Variant(variant) is Variant.TRITON:
+        variant = Variant.CHAIN
     return {
         Variant.CHAIN: in_positions * in_ch * r2 + out_positions * k * r2 * r1 + out_positions * r1 * out_ch,
         Variant.MERGE_FIRST: out_positions * k * in_ch * r1 + out_positions * r1 * out_ch,
@@ -70,14 +80,23 @@ def _pointwise(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
 
 
 @torch.no_grad()
-def variant_module(layer: TuckerConv2d, variant: Variant | str) -> nn.Module:
-    """An exact replacement of ``layer`` built as ``variant`` (new modules; ``layer`` is untouched)."""
+def variant_module(layer: TuckerConv2d | LowRankConv1x1, variant: Variant | str) -> nn.Module:
+    """An exact replacement of ``layer`` built as ``variant`` (new modules; ``layer`` is untouched).
+
+    A low-rank 1x1 pair has ``chain`` and ``triton`` only. ``triton`` raises BatudeError where the
+    kernels cannot run the layer (e.g. padded ranks above 512).
+    """
     variant = Variant(variant)
+    if variant in (Variant.CHAIN, Variant.TRITON):
+        copied = copy.deepcopy(layer)
+        if variant is Variant.TRITON:
+            copied.impl = check_impl("triton", copied)
+        return copied
+    if not isinstance(layer, TuckerConv2d):
+        raise BatudeError(f"a {type(layer).__name__} has the chain and triton forms only, not '{variant.value}'")
     core, bias = layer.core, layer.last.bias
     v = layer.first.weight[:, :, 0, 0]  # (R2, C) = V^T
     u = layer.last.weight[:, :, 0, 0]  # (S, R1)
-    if variant is Variant.CHAIN:
-        return copy.deepcopy(layer)
     if variant is Variant.DENSE:
         return layer.to_conv()
     if variant is Variant.MERGE_FIRST:  # core x2 V: (R1, C, kh, kw)
@@ -143,24 +162,45 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     return folded
 
 
-def apply_variants(model: nn.Module, variants: Mapping[str, Variant | str]) -> nn.Module:
-    """A copy of ``model`` with each named Tucker layer rebuilt as its variant (exact; BatchNorm untouched)."""
+def plain_chain(layer: TuckerConv2d | LowRankConv1x1) -> nn.Sequential:
+    """The factorised layer as plain ``nn.Conv2d`` modules (copies): what cuDNN runs for its ``chain``."""
+    convs = (layer.first, layer.core, layer.last) if isinstance(layer, TuckerConv2d) else (layer.first, layer.last)
+    return nn.Sequential(*(copy.deepcopy(c) for c in convs))
+
+
+def apply_variants(model: nn.Module, variants: Mapping[str, Variant | str], plain: bool = False) -> nn.Module:
+    """A copy of ``model`` with each named layer rebuilt as its variant (exact; BatchNorm untouched).
+
+    Tucker-2 layers take any :class:`Variant`; a low-rank 1x1 pair ``chain`` or ``triton``. ``plain``:
+    ``chain`` layers become plain conv modules (:func:`plain_chain`) instead of staying factorised
+    layers, so that a backend that runs every factorised layer on the kernels (``bench --backend
+    triton``) leaves them on cuDNN, as the latency table that chose them measured them.
+    """
     model = copy.deepcopy(model)
     modules = dict(model.named_modules())
     for name, variant in variants.items():
-        if not isinstance(modules.get(name), TuckerConv2d):
-            raise BatudeError(f"variant given for '{name}', which is not a Tucker layer of this model; regenerate the plan")
-        if variant not in {v.value for v in Variant}:
-            raise BatudeError(f"unknown variant '{variant}' for '{name}'; use one of {[v.value for v in Variant]}")
+        layer = modules.get(name)
+        if not isinstance(layer, (TuckerConv2d, LowRankConv1x1)):
+            raise BatudeError(f"variant given for '{name}', which is not a Tucker or low-rank 1x1 layer of this model; "
+                              "regenerate the plan")
+        allowed = [v.value for v in Variant] if isinstance(layer, TuckerConv2d) else [Variant.CHAIN.value, Variant.TRITON.value]
+        if variant not in allowed:
+            raise BatudeError(f"unknown variant '{variant}' for '{name}'; use one of {allowed}")
         parent_name, _, child = name.rpartition(".")
-        parent, layer = model.get_submodule(parent_name), modules[name]
-        if Variant(variant) is not Variant.CHAIN:
+        parent, variant = model.get_submodule(parent_name), Variant(variant)
+        if variant is Variant.CHAIN:
+            if plain:
+                setattr(parent, child, plain_chain(layer))
+        else:
             setattr(parent, child, variant_module(layer, variant))
     return model
 
 
 def lower(model: nn.Module, input_shape: Sequence[int], policy: str | Mapping[str, str] = "min-flops") -> tuple[fx.GraphModule, dict[str, Variant]]:
     """An eval-mode copy of ``model`` with chosen variants and folded BatchNorm (see module docs)."""
+    if isinstance(policy, Mapping):  # ONNX has no Triton kernels: a kernel layer exports as its chain
+        lowrank = {n for n, m in model.named_modules() if isinstance(m, LowRankConv1x1)}  # one exported form
+        policy = {n: Variant.CHAIN.value if v == Variant.TRITON else v for n, v in policy.items() if n not in lowrank}
     variants = choose_variants(model, input_shape, policy)
     model = apply_variants(model, variants).eval()
     try:

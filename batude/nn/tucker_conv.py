@@ -61,6 +61,9 @@ def check_impl(impl: str, layer: nn.Module) -> str:
         reason = kernel_unsupported_reason(layer)
         if reason:
             raise BatudeError(f"impl='triton' cannot run {type(layer).__name__} with {reason}; keep impl='eager'")
+        from batude.kernels import register_ops
+
+        register_ops()  # now, not at the first forward: a FlopCounterMode opened before that would miss the ops
     return impl
 
 

@@ -101,12 +101,15 @@ class RankPlan:
 
     @property
     def variants(self) -> dict[str, str]:
-        """Per factorised Tucker-2 layer, the exact variant a latency table found fastest (empty without one).
+        """Per factorised Tucker-2 layer, the exact variant a latency table found fastest (empty without one),
+        and each low-rank 1x1 pair it found fastest on the ``triton`` kernel.
 
-        (A low-rank 1x1/Linear layer has one form, its two-layer chain.)
+        (Otherwise a low-rank 1x1/Linear layer has one form, its two-layer chain.)
         """
         tucker = {l.name for l in self.layers if l.ranks is not None and l.kind is LayerKind.TUCKER2}
-        return {n: v for n, v in (self.latency or {}).get("variants", {}).items() if n in tucker}
+        pairs = {l.name for l in self.layers if l.ranks is not None and l.kind is LayerKind.LOWRANK_CONV}
+        return {n: v for n, v in (self.latency or {}).get("variants", {}).items()
+                if n in tucker or (n in pairs and v == "triton")}
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
@@ -194,7 +197,7 @@ def _latency_record(d: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(d, dict) or not isinstance(d.get("variants", {}), dict):
         raise ValueError("'latency' must be an object with a 'variants' object")
-    bad = {v for v in d.get("variants", {}).values() if v not in ("chain", "merge_first", "merge_last")}
+    bad = {v for v in d.get("variants", {}).values() if v not in ("chain", "merge_first", "merge_last", "triton")}
     if bad:
         raise ValueError(f"unknown variants {sorted(map(str, bad))} in 'latency'")
     return dict(d)
