@@ -15,6 +15,13 @@ then four plans at >= ``--flops`` fewer FLOPs are made and measured in the same 
 Every model is lowered (variants, BatchNorm folded) before timing, dense too. Reports measured and
 predicted ms, speed-up over dense, and each plan's measured speed-up as a share of the oracle's.
 
+``--lut-backend triton``: the table also times each factorised conv on batude's fused Triton kernel,
+so every plan may put layers on the kernel. Lowering would drop the kernels, so the plans are timed
+unlowered (kernel layers on the kernel, the others as plain cuDNN convs) and also with the ``triton``
+backend (``fuse_resnet_``: BN folded, ReLU and residual add in the kernels' epilogues; ``uniform``
+then runs every layer on the kernel). ``vs best dense`` divides by the fastest dense backend of the
+batch (the kernels issue's baseline: cuDNN, BN folded, compiled or graphed).
+
     python benchmarks/latency_aware.py --out bench_latency_aware                         # GPU (H100/H200)
     python benchmarks/latency_aware.py --device cpu --dtype fp32 --batches 8 --input 3,64,64 \\
         --backends eager --points 2 --iters 5 --out /tmp/la                              # CPU smoke
@@ -23,8 +30,10 @@ predicted ms, speed-up over dense, and each plan's measured speed-up as a share 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,8 +43,9 @@ import torch
 from batude.bench.backends import measure
 from batude.bench.env import environment
 from batude.bench.lut import LatencyTable
+from batude.checkpoint import load_model
 from batude.errors import BatudeError
-from batude.export.lower import lower
+from batude.export.lower import apply_variants, lower
 from batude.functional.cost import LayerKind
 from batude.rank import apply_plan_, select_ranks
 from batude.rank.bcadl import BCADL, BCADLConfig
@@ -46,15 +56,18 @@ from batude.rank.problem import RankProblem, SelectorConfig
 
 def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet18")
+    p.add_argument("--model", default="resnet18", help="a torchvision model name, or a spec such as batude:resnet20")
     p.add_argument("--input", default="3,224,224")
     p.add_argument("--flops", default="2.52x", help="FLOPs budget every plan must meet")
     p.add_argument("--batches", default="64,1")
     p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
     p.add_argument("--device", default="cuda")
     p.add_argument("--backends", default="cuda-graph,compile")
-    p.add_argument("--lut-backend", default=None, help="eager or cuda-graph (default: cuda-graph on CUDA)")
+    p.add_argument("--lut-backend", default=None, help="eager, cuda-graph or triton (default: cuda-graph on CUDA)")
     p.add_argument("--points", type=int, default=5, help="latency-table grid points per rank")
+    p.add_argument("--lut-autotune", action="store_true",
+                   help="with --lut-backend triton: autotune the kernels for every table cell (slow: minutes per layer); "
+                        "by default the table times the heuristic tile config and the final models are autotuned")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", required=True)
@@ -102,22 +115,44 @@ def _plans(dense, shape, lut, flops: str):
     return plans, info
 
 
+@contextlib.contextmanager
+def _autotuning(enabled: bool):
+    """``BATUDE_TRITON_AUTOTUNE=0`` inside (the kernels then run one heuristic config per shape), unless ``enabled``."""
+    old = os.environ.get("BATUDE_TRITON_AUTOTUNE")
+    if not enabled:
+        os.environ["BATUDE_TRITON_AUTOTUNE"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BATUDE_TRITON_AUTOTUNE", None)
+        else:
+            os.environ["BATUDE_TRITON_AUTOTUNE"] = old
+
+
 def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
     lut_backend = args.lut_backend or ("cuda-graph" if args.device == "cuda" else "eager")
     started = time.perf_counter()
-    lut = LatencyTable.build(dense, shape[1:], batch=batch, dtype=dtype, device=args.device, points=args.points,
-                             multiple_of=16 if dtype == torch.float16 else 8, iters=max(args.iters // 2, 3),
-                             warmup=3, backend=lut_backend)
+    with _autotuning(lut_backend != "triton" or args.lut_autotune):
+        lut = LatencyTable.build(dense, shape[1:], batch=batch, dtype=dtype, device=args.device, points=args.points,
+                                 multiple_of=16 if dtype == torch.float16 else 8, iters=max(args.iters // 2, 3),
+                                 warmup=3, backend=lut_backend)
     lut_seconds = time.perf_counter() - started
     dense = dense.float().cpu()  # the table moved it; plans and lowering work on a CPU fp32 copy
     plans, info = _plans(dense, shape, lut, args.flops)
     rows = []
+    kernels = lut_backend == "triton"
+    backends = args.backends.split(",")
     models = {"dense": (lower(dense, shape, "chain")[0], None)}
     for name, (plan, policy) in plans.items():
         compressed = apply_plan_(copy.deepcopy(dense), plan, init="empty")
-        models[name] = (lower(compressed, shape, policy or _policy(plan))[0], plan)
+        if kernels:  # kernel layers stay factorised on the kernel, the table's cuDNN choices become plain convs
+            models[name] = (apply_variants(compressed, {} if policy == "chain" else plan.variants, plain=True).eval(), plan)
+        else:
+            models[name] = (lower(compressed, shape, policy or _policy(plan))[0], plan)
     for name, (model, plan) in models.items():
-        for r in measure(model, args.backends.split(","), shape[1:], [batch], dtype, args.iters, args.warmup,
+        mine = backends + (["triton"] if kernels and name != "dense" and "triton" not in backends else [])
+        for r in measure(model, mine, shape[1:], [batch], dtype, args.iters, args.warmup,
                          args.device, label=name):
             record = plan.latency if plan else {"predicted_ms": lut.model_ms, "speedup": 1.0}
             r.update(plan=name, macs_reduction=plan.macs_reduction if plan else 1.0,
@@ -131,6 +166,10 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
 
 
 def _speedups(rows: list[dict]) -> None:
+    dense = [r["median_ms"] for r in rows if r["plan"] == "dense" and r.get("available")]
+    for r in rows:
+        if dense and r.get("available"):
+            r["speedup_vs_best_dense"] = min(dense) / r["median_ms"]
     for backend in {r["backend"] for r in rows}:
         mine = {r["plan"]: r for r in rows if r["backend"] == backend and r.get("available")}
         if "dense" not in mine:
@@ -147,16 +186,16 @@ def _x(value: float | None) -> str:
 
 
 def table(batches: list[dict]) -> str:
-    lines = ["| batch | backend | plan | FLOPs cut | predicted speed-up | measured ms | measured speed-up | share of oracle |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| batch | backend | plan | FLOPs cut | predicted speed-up | measured ms | measured speed-up | share of oracle "
+             "| vs best dense |", "|---|---|---|---|---|---|---|---|---|"]
     for b in batches:
         for r in b["rows"]:
             if not r.get("available"):
-                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | unavailable: {r['reason']} | | |")
+                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | unavailable: {r['reason']} | | | |")
                 continue
             lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | {r['macs_reduction']:.2f}x | "
-                         f"{_x(r['predicted_speedup'])} | {r['median_ms']:.3f} | {r.get('speedup', float('nan')):.2f}x | "
-                         f"{r.get('share_of_oracle', float('nan')):.0%} |")
+                         f"{_x(r['predicted_speedup'])} | {r['median_ms']:.3f} | {_x(r.get('speedup'))} | "
+                         f"{r.get('share_of_oracle', float('nan')):.0%} | {_x(r.get('speedup_vs_best_dense'))} |")
     return "\n".join(lines)
 
 
@@ -169,7 +208,10 @@ def main(argv=None) -> int:
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     shape = (1, *(int(x) for x in args.input.split(",")))
     torch.manual_seed(0)
-    dense = torchvision.models.get_model(args.model).eval()
+    if ":" in args.model:  # batude:resnet20, torchvision:NAME, a checkpoint spec
+        dense = load_model(args.model).model.eval()
+    else:
+        dense = torchvision.models.get_model(args.model).eval()
     batches = [_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype) for b in args.batches.split(",")]
     report = {"env": environment(), "args": vars(args), "batches": batches}
     (out / "latency_aware.json").write_text(json.dumps(report, indent=2) + "\n")

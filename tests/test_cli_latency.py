@@ -114,3 +114,28 @@ def test_compress_with_a_latency_budget_and_an_extra_flops_limit(capsys, tmp_pat
     assert plan.latency["predicted_ms"] <= plan.latency["dense_ms"] / 1.15 + 1e-12 and plan.macs_reduction >= 1.5
     assert json.loads((out / "report.json").read_text())["latency"] == plan.latency
     assert "predicted latency (cuda float16 batch 64 eager)" in stdout
+
+
+def test_a_kernel_table_plan_benches_on_the_cpu_and_exports_its_kernel_layers_as_chains(capsys, tmp_path, real_lut):
+    """A plan whose table chose the Triton kernel for some layers (as a GPU `lut build --backend triton` would):
+    `bench` runs them (on the CPU the kernel layers' custom ops run their PyTorch reference, the others plain
+    cuDNN-style convs), and `batude-export` writes them as chains."""
+    plan_path = tmp_path / "plan.json"
+    assert run_cli(capsys, ["plan", *MODEL, "--budget", "2x", "--lut", real_lut, "--out", plan_path])[0] == 0
+    d = json.loads(Path(plan_path).read_text())
+    tucker = [l["name"] for l in d["layers"] if l.get("ranks") and l["kind"] == "tucker2"]
+    pair = next(l for l in d["layers"] if l["kind"] == "lowrank_conv1x1")
+    pair["ranks"] = [8]  # this CPU table may keep the 1x1s dense; factorise one to put it on the kernel
+    pairs = [pair["name"]]
+    d["latency"]["table"]["backend"] = "triton"
+    d["latency"]["variants"].update({tucker[0]: "triton", pairs[0]: "triton"})
+    Path(plan_path).write_text(json.dumps(d))
+    assert RankPlan.load(plan_path).variants[pairs[0]] == "triton"
+    rc, stdout, err = run_cli(capsys, ["bench", *MODEL, "--plan", plan_path, "--batch", "2", "--iters", "2", "--warmup", "1"])
+    assert rc == 0, err
+    assert "compressed" in stdout
+    rc, _, err = run_cli(capsys, ["batude:resnet20", "--plan", plan_path, "--input-shape", "3,28,28", "--legacy-exporter",
+                                  "--out", tmp_path / "export"], entry=export_main)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert report["variants"][tucker[0]] == "chain" and pairs[0] not in report["variants"]

@@ -39,7 +39,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         models = {"dense": dense if dense is not None else densify(ckpt.model), **models}
     if plan is not None and plan.variants:  # run each layer as the variant its latency table chose
         # a kernel table timed its non-kernel layers on cuDNN: keep them there under --backend triton too
-        kernel_table = plan.latency["table"].get("backend") == "triton"
+        kernel_table = (plan.latency or {}).get("table", {}).get("backend") == "triton"
         models["compressed"] = apply_variants(models["compressed"], plan.variants, plain=kernel_table)
     macs = {name: flop_counter_macs(m, (1, *per_image)) for name, m in models.items()}
     results = []
