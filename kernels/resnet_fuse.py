@@ -9,10 +9,11 @@ is folded into the packed factors (scale into the output factor's columns, shift
 epilogue's ``shift``), the ReLU is the epilogue's activation, and the last conv of the block takes
 the shortcut's output as the epilogue's ``residual`` (add, then ReLU). With Tucker-2 and low-rank
 1x1 layers (duck-typed: ``first``/``core``/``last`` convs) every unit is one custom-op call
-(:mod:`batude.kernels._ops`); dense convs (stem, layers left dense) and ``Sequential``\ s of convs
-(factorised layers lowered to cuDNN variants by ``apply_variants(..., plain=True)``) get
-BN folded into their (last) conv and the add/ReLU in PyTorch (``torch.compile`` fuses those). A projection shortcut ``Sequential(conv,
-BN)`` becomes a unit too. The stem's ``bn1`` is folded into ``conv1``.
+(:mod:`batude.kernels._ops`); dense convs (stem, layers left dense) and ``Sequential`` chains of
+convs (factorised layers lowered to cuDNN variants by ``apply_variants(..., plain=True)``) get BN
+folded into their (last) conv and the add/ReLU in PyTorch (``torch.compile`` fuses those). A
+projection shortcut ``Sequential(conv, BN)`` becomes a unit too. The stem's ``bn1`` is folded into
+``conv1``.
 
 The rewritten model is for inference only; its packed buffers follow ``.to()``/``.half()``.
 """

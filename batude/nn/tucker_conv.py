@@ -135,7 +135,7 @@ class TuckerConv2d(nn.Module):
         name: str | None = None,
         impl: str = "eager",
     ) -> "TuckerConv2d":
-        """Decompose ``conv`` (tensorly ``partial_tucker``, SVD init, ``hooi_iters`` HOOI steps).
+        """Decompose ``conv``: truncated HOSVD, then ``hooi_iters`` HOOI steps (:func:`batude.functional.tucker2_decompose`).
 
         Copies stride, padding (ints, tuples, 'same'/'valid'), dilation, padding_mode, bias,
         device and dtype; refuses grouped convs, naming ``name`` in the error.

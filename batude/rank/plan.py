@@ -242,8 +242,8 @@ def apply_plan_(
 ) -> nn.Module:
     """Replace, in place, every layer the plan decomposes by its factorised module; return ``model``.
 
-    ``init="decompose"`` factorises the current dense weights (Tucker-2 via tensorly
-    ``partial_tucker`` with ``hooi_iters`` HOOI iterations; truncated SVD for 1x1/Linear);
+    ``init="decompose"`` factorises the current dense weights (Tucker-2: truncated HOSVD, then
+    ``hooi_iters`` HOOI iterations with tensorly; truncated SVD for 1x1/Linear);
     ``init="empty"`` only builds the structure (for loading a saved state_dict). All layers are
     checked before any is replaced, so an error leaves the model untouched. ``progress(i, n, name)``
     is called before each of the ``n`` replacements.

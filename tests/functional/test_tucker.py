@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -104,3 +106,21 @@ def test_svt_on_known_matrix():
     assert torch.allclose(svt(u, s, vh, 1, 2.0), 3.0 * torch.outer(q1[:, 0], q2[:, 0]), atol=1e-12)
     # t = 0 and full rank reproduce M
     assert torch.allclose(svt(u, s, vh, 3, 0.0), m, atol=1e-12)
+
+
+def test_hosvd_matches_tensorly_and_handles_unfoldings_taller_than_wide():
+    """The Gram-eigenvector HOSVD equals tensorly's SVD-based truncated HOSVD (up to signs of the factors)."""
+    import tensorly as tl
+    from tensorly.decomposition import partial_tucker
+
+    torch.manual_seed(3)
+    for shape, ranks in (((24, 20, 3, 3), (9, 7)), ((16, 1, 3, 3), (12, 1)), ((8, 6, 1, 3), (8, 6))):
+        w = torch.randn(*shape, dtype=torch.float64)
+        ours = tucker2_reconstruct(*tucker2_decompose(w, ranks))
+        above = ranks[0] > shape[1] * shape[2] * shape[3]  # R1 above the unfolding's rank: tensorly warns, completes
+        with tl.backend_context("pytorch"), pytest.warns(UserWarning) if above else contextlib.nullcontext():
+            (core, (u, v)), _ = partial_tucker(w, rank=list(ranks), modes=[0, 1], n_iter_max=0, init="svd", tol=0)
+        assert _rel(ours, tucker2_reconstruct(core, u, v)) < 1e-9, shape
+        _, u2, v2 = tucker2_decompose(w, ranks)
+        torch.testing.assert_close(u2.T @ u2, torch.eye(ranks[0], dtype=torch.float64))
+        torch.testing.assert_close(v2.T @ v2, torch.eye(ranks[1], dtype=torch.float64))
