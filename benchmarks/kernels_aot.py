@@ -73,6 +73,7 @@ def _args(argv=None):
     p.add_argument("--dtypes", default="fp16,bf16,fp32")
     p.add_argument("--batches", default="1,64")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--limit", type=int, default=None, help="compile only the first N distinct kernels (a smoke run)")
     return p.parse_args(argv)
 
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
                     key = spec_key(spec, a.arch)
                     unique.setdefault(key, spec)
                     uses[key] += 1
-    specs = list(unique.values())
+    specs = list(unique.values())[:a.limit]
     print(f"{sum(uses.values())} launches over {len(specs)} distinct kernels for sm_{a.arch}; compiling with {a.jobs} jobs",
           flush=True)
     records = []

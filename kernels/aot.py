@@ -37,7 +37,8 @@ from batude.kernels.lowrank import chain_args
 from batude.kernels.pack import pad_rank_in, pad_rank_out
 from batude.kernels.tucker2 import core_args, tucker2_output_size
 
-__all__ = ["SHARED_LIMIT", "Layer", "Spec", "layer_specs", "specialize", "spec_key", "compile_spec"]
+__all__ = ["SHARED_LIMIT", "Layer", "Spec", "layer_specs", "specialize", "spec_key", "compile_spec",
+           "aot_unavailable_reason"]
 
 # Largest dynamic shared memory one block may opt in to, bytes (CUDA C++ Programming Guide,
 # "Technical Specifications per Compute Capability": 163 KB on 8.0, 99 KB on 8.6/8.9, 227 KB on 9.0/10.0).
@@ -131,6 +132,20 @@ def layer_specs(layer: Layer, dtype: str, mode: str) -> list[Spec]:
         for meta, w, st in _configs_for("pointwise", pw, cfg.heuristic_pointwise(n * h * h, rk, False)):
             specs.append(Spec("pointwise", {**pw, **meta}, w, st, origin))
     return specs
+
+
+def aot_unavailable_reason(arch: int = 90) -> str | None:
+    """None if kernels can be compiled for ``sm_<arch>`` here (triton with its NVIDIA backend and ptxas), else why not."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("triton") is None or importlib.util.find_spec("triton.backends.nvidia") is None:
+        return "triton with its NVIDIA backend is not installed"
+    if interpreting():
+        return "TRITON_INTERPRET=1 is set: the kernels are interpreted, not compiled"
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    return None if os.path.exists(get_ptxas(arch).path) else "triton's ptxas is missing"
 
 
 def _backend(arch: int):

@@ -92,3 +92,24 @@ def test_latency_budget_accuracy_runs_both_budgets_on_one_table(tmp_path):
     assert latency["budget"] == f"latency:{flops['predicted_ms']:.6f}ms"
     assert latency["predicted_ms"] <= flops["predicted_ms"] + 1e-5  # the same predicted time, or less
     assert "| latency:" in bench.table(results)
+
+
+def test_kernels_aot_compiles_for_sm90_and_writes_its_table(tmp_path):
+    bench = _script("kernels_aot")  # imports batude.kernels
+    from batude.kernels.aot import aot_unavailable_reason
+
+    if aot_unavailable_reason(90):
+        pytest.skip(aot_unavailable_reason(90))
+    assert bench.main(["--models", "resnet20", "--dtypes", "fp16", "--batches", "1", "--jobs", "1", "--limit", "4",
+                       "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "kernels_aot.json").read_text())
+    assert len(report["records"]) == 4 and all(r["ok"] and r["shared_bytes"] > 0 for r in report["records"])
+    assert report["summary"] and report["arch"] == 90
+    assert bench.main(["--models", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_decompose_speed_times_both_and_they_agree(tmp_path):
+    bench = _script("decompose_speed")
+    assert bench.main(["--models", "resnet18", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "decompose_speed.json").read_text())["rows"][0]
+    assert row["layers"] == 16 and row["batude_s"] > 0 and row["tensorly_s"] > 0 and row["max_rel_difference"] < 1e-9

@@ -5,24 +5,20 @@ need more shared memory than an H100 block may have. ``benchmarks/kernels_aot.py
 candidate; here a few representative launches are compiled on every CI run.
 """
 
-import importlib.util
-import os
-
 import pytest
 
 from kernel_cases import HAS_TRITON, INTERPRETED
 
 
-def _has_ptxas() -> bool:
-    if not HAS_TRITON or importlib.util.find_spec("triton.backends.nvidia") is None:
-        return False
-    from triton.backends.nvidia.compiler import get_ptxas
+def _reason() -> str | None:
+    if INTERPRETED or not HAS_TRITON:
+        return "needs triton, and no TRITON_INTERPRET"
+    from batude.kernels.aot import aot_unavailable_reason
 
-    return os.path.exists(get_ptxas(90).path)
+    return aot_unavailable_reason(90)
 
 
-pytestmark = pytest.mark.skipif(INTERPRETED or not _has_ptxas(),
-                                reason="needs triton with its NVIDIA backend and ptxas, and no TRITON_INTERPRET")
+pytestmark = pytest.mark.skipif(_reason() is not None, reason=f"{_reason()}")
 
 
 def _heuristic_spec(specs, kind):
