@@ -13,7 +13,7 @@
 #                                                      #   + latency_vs_flops ResNet-18 2.52x            (~5-6 min)
 #   PART=compile bash benchmarks/gpu_suite.sh          # the latency-aware comparison under torch.compile  (~5 min)
 #   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels (b64;
-#                                                      #   BATCHES=1 for batch 1, a later session)          (~6-8 min?)
+#                                                      #   BATCHES=1 for batch 1, MODEL=resnet50 FLOPS=2.97x: later sessions) (~6-8 min?)
 #   PART=accuracy bash benchmarks/gpu_suite.sh         # dense 30 epochs + BATUDE vs baselines 2.5x/4x    (~7 min)
 #   PART=accuracy SEEDS=1 bash benchmarks/gpu_suite.sh # the second seed, a later session
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
@@ -56,7 +56,7 @@ fi
 if has kernel-plans; then  # issue 7's kernel goals: >= 2.0x (b64) / >= 1.6x (b1) faster than the best dense backend
   if [ "${SMOKE:-0}" = 1 ]; then  # the interpreter: a small CIFAR ResNet-20 at 16x16
     KP="--device cpu --dtype fp32 --batches 1 --model batude:resnet20 --input 3,16,16 --backends eager --lut-backend triton --points 2 --iters 1 --warmup 0"; else
-    KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends cuda-graph,compile"; fi
+    KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends cuda-graph,compile --model ${MODEL:-resnet18} --flops ${FLOPS:-2.52x}"; fi
   python3 benchmarks/latency_aware.py $KP --out "$OUT/latency_aware_triton"
 fi
 if has tests; then

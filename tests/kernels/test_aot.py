@@ -99,3 +99,18 @@ def test_unknown_mode_and_a_chain_on_a_3x3_are_refused():
         layer_specs(layer, "fp16", "nope")
     with pytest.raises(BatudeError, match="1x1 low-rank pair"):
         layer_specs(layer, "fp16", "chain")
+
+
+@pytest.mark.parametrize("dtype,r1,split", [("fp16", 512, 1), ("bf16", 256, 9), ("fp32", 256, 36)])
+def test_the_gpu_tests_fixed_configs_fit_an_h100(dtype, r1, split):
+    """The largest padded ranks the ``gpu`` tests launch with :func:`fixed_gpu_config` (split-K race test: fp32, 36)."""
+    from batude.kernels.aot import Layer, compile_spec, layer_specs
+    from kernel_cases import fixed_gpu_config
+
+    spec = _heuristic_spec(layer_specs(Layer(c=512, s=512, hw=7, k=3, stride=1, r1=r1, r2=256, batch=1), dtype, "fused"),
+                           "tucker2")
+    config = {k: v for k, v in fixed_gpu_config(spec.args["RP"], split).items() if k != "pointwise"}
+    spec.num_warps, spec.num_stages = config.pop("num_warps"), config.pop("num_stages")
+    spec.args.update(config, BLOCK_M=16 if split > 1 else config["BLOCK_M"])
+    rec = compile_spec(spec)
+    assert rec["ok"], rec["error"]
