@@ -18,6 +18,7 @@
 #   PART=accuracy SEEDS=1 bash benchmarks/gpu_suite.sh # the second seed, a later session
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
 #   SMOKE=1 PART=... bash benchmarks/gpu_suite.sh      # tiny schedule on the CPU: checks the script itself
+#   LUT_DIR=benchmarks/results/<dir> PART=...           # latency parts: reuse the tables a cut-short session saved
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -39,25 +40,26 @@ else
   LAT=""; LVF="--device cuda --dtypes fp16 --batches 1,64 --backends eager,cuda-graph"; KERNELS="--budget-s 150"
 fi
 has() { [[ ",$PART," == *",$1,"* ]]; }
+LUTS=${LUT_DIR:+--lut-dir $LUT_DIR}  # reuse latency tables an earlier session saved (lut_b<batch>.json, same GPU)
 python3 -c "import json; from batude.bench.env import environment; print(json.dumps(environment(), indent=2))" | tee "$OUT/env.json"
 if has kernels; then  # issue 6: correctness on the real compiler, then the speed table
   python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/kernels 2>&1 | tee "$OUT/kernel_tests.txt" || true
   python3 benchmarks/kernels_vs_cudnn.py $KERNELS --out "$OUT/kernels"
 fi
 if has latency; then  # issues 5 and 7: latency-aware plans vs the oracle, and the latency-vs-FLOPs rows
-  python3 benchmarks/latency_aware.py $LAT --out "$OUT/latency_aware"
+  python3 benchmarks/latency_aware.py $LAT $LUTS --out "$OUT/latency_aware"
   python3 benchmarks/latency_vs_flops.py --models resnet18 --budgets 2.52x --methods uniform,batude $LVF \
     --iters 30 --warmup 5 --out "$OUT/latency_vs_flops"
 fi
 if has compile; then
   if [ "${SMOKE:-0}" = 1 ]; then COMPILE="$LAT"; else COMPILE="--batches 64 --backends compile"; fi
-  python3 benchmarks/latency_aware.py $COMPILE --out "$OUT/latency_aware_compile"
+  python3 benchmarks/latency_aware.py $COMPILE $LUTS --out "$OUT/latency_aware_compile"
 fi
 if has kernel-plans; then  # issue 7's kernel goals: >= 2.0x (b64) / >= 1.6x (b1) faster than the best dense backend
   if [ "${SMOKE:-0}" = 1 ]; then  # the interpreter: a small CIFAR ResNet-20 at 16x16
     KP="--device cpu --dtype fp32 --batches 1 --model batude:resnet20 --input 3,16,16 --backends eager --lut-backend triton --points 2 --iters 1 --warmup 0"; else
     KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends cuda-graph,compile --model ${MODEL:-resnet18} --flops ${FLOPS:-2.52x}"; fi
-  python3 benchmarks/latency_aware.py $KP --out "$OUT/latency_aware_triton"
+  python3 benchmarks/latency_aware.py $KP $LUTS --out "$OUT/latency_aware_triton"
 fi
 if has tests; then
   python3 -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests --ignore=tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt" || true

@@ -14,6 +14,9 @@ then four plans at >= ``--flops`` fewer FLOPs are made and measured in the same 
 
 Every model is lowered (variants, BatchNorm folded) before timing, dense too. Reports measured and
 predicted ms, speed-up over dense, and each plan's measured speed-up as a share of the oracle's.
+Each table is saved to ``--out`` as ``lut_b<batch>.json`` as soon as it is measured, and the report
+after each batch; ``--lut-dir`` reuses saved tables (same GPU, software, dtype, backend and input),
+so an experiment can be split across device sessions.
 
 ``--lut-backend triton``: the table also times each factorised conv on batude's fused Triton kernel,
 so every plan may put layers on the kernel. Lowering would drop the kernels, so the plans are timed
@@ -65,6 +68,8 @@ def _args(argv=None):
     p.add_argument("--backends", default="cuda-graph,compile")
     p.add_argument("--lut-backend", default=None, help="eager, cuda-graph or triton (default: cuda-graph on CUDA)")
     p.add_argument("--points", type=int, default=5, help="latency-table grid points per rank")
+    p.add_argument("--lut-dir", default=None,
+                   help="reuse the latency tables an earlier run saved (lut_b<batch>.json; refused if measured elsewhere)")
     p.add_argument("--lut-autotune", action="store_true",
                    help="with --lut-backend triton: autotune the kernels for every table cell (slow: minutes per layer); "
                         "by default the table times the heuristic tile config and the final models are autotuned")
@@ -130,14 +135,34 @@ def _autotuning(enabled: bool):
             os.environ["BATUDE_TRITON_AUTOTUNE"] = old
 
 
+def _table(args, dense, shape, batch: int, dtype, lut_backend: str) -> tuple[LatencyTable, float | None]:
+    """The batch's latency table: reused from ``--lut-dir`` where one was saved for this setting, else measured
+    (layer by layer, with progress); saved to ``--out`` either way, so a run cut short keeps its tables."""
+    name = f"lut_b{batch}.json"
+    saved = Path(args.lut_dir) / name if args.lut_dir else None
+    if saved is not None and saved.is_file():
+        lut = LatencyTable.load(saved)
+        lut.check(args.device, dtype, batch, lut_backend)
+        if list(lut.input_shape) != list(shape[1:]):
+            raise BatudeError(f"{saved} was measured at input {lut.input_shape}, not {list(shape[1:])}; drop --lut-dir")
+        print(f"b{batch}: reusing the latency table {saved}", flush=True)
+        seconds = None
+    else:
+        started = time.perf_counter()
+        with _autotuning(lut_backend != "triton" or args.lut_autotune):
+            lut = LatencyTable.build(dense, shape[1:], batch=batch, dtype=dtype, device=args.device, points=args.points,
+                                     multiple_of=16 if dtype == torch.float16 else 8, iters=max(args.iters // 2, 3),
+                                     warmup=3, backend=lut_backend,
+                                     progress=lambda i, n, layer: print(f"b{batch} table {i + 1}/{n} {layer} "
+                                                                        f"({time.perf_counter() - started:.0f} s)", flush=True))
+        seconds = time.perf_counter() - started
+    lut.save(Path(args.out) / name)
+    return lut, seconds
+
+
 def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
     lut_backend = args.lut_backend or ("cuda-graph" if args.device == "cuda" else "eager")
-    started = time.perf_counter()
-    with _autotuning(lut_backend != "triton" or args.lut_autotune):
-        lut = LatencyTable.build(dense, shape[1:], batch=batch, dtype=dtype, device=args.device, points=args.points,
-                                 multiple_of=16 if dtype == torch.float16 else 8, iters=max(args.iters // 2, 3),
-                                 warmup=3, backend=lut_backend)
-    lut_seconds = time.perf_counter() - started
+    lut, lut_seconds = _table(args, dense, shape, batch, dtype, lut_backend)
     dense = dense.float().cpu()  # the table moved it; plans and lowering work on a CPU fp32 copy
     plans, info = _plans(dense, shape, lut, args.flops)
     rows = []
@@ -212,9 +237,11 @@ def main(argv=None) -> int:
         dense = load_model(args.model).model.eval()
     else:
         dense = torchvision.models.get_model(args.model).eval()
-    batches = [_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype) for b in args.batches.split(",")]
-    report = {"env": environment(), "args": vars(args), "batches": batches}
-    (out / "latency_aware.json").write_text(json.dumps(report, indent=2) + "\n")
+    batches = []
+    for b in args.batches.split(","):  # the report is rewritten after each batch: a run cut short keeps what it measured
+        batches.append(_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype))
+        report = {"env": environment(), "args": vars(args), "batches": batches}
+        (out / "latency_aware.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table(batches))
     return 0
 

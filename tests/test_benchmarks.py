@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import batude
+from batude.errors import BatudeError
 from batude.models import resnet20
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,17 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     assert rows["oracle"]["predicted_ms"] == pytest.approx(report["batches"][0]["plans"]["oracle"]["latency"]["predicted_ms"])
     assert rows["uniform"]["predicted_speedup"] is None  # the naive chain is not a table-guided plan
     assert "| 2 | eager | batude-latency |" in bench.table(report["batches"])
+
+    # the saved table is reused by a later run (an experiment split across device sessions), and refused elsewhere
+    assert (tmp_path / "lut_b2.json").is_file() and batch["lut_seconds"] > 0
+    again = tmp_path / "again"
+    argv = ["--device", "cpu", "--dtype", "fp32", "--batches", "2", "--backends", "eager", "--points", "2", "--iters", "3",
+            "--warmup", "1", "--lut-dir", str(tmp_path)]
+    assert bench.main([*argv, "--input", "3,32,32", "--out", str(again)]) == 0
+    (reused,) = json.loads((again / "latency_aware.json").read_text())["batches"]
+    assert reused["lut_seconds"] is None and reused["plans"]["oracle"] == batch["plans"]["oracle"]
+    with pytest.raises(BatudeError, match="measured at input"):
+        bench.main([*argv, "--input", "3,16,16", "--out", str(tmp_path / "other")])
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
