@@ -16,6 +16,8 @@
 #                                                      #   BATCHES=1 for batch 1, MODEL=resnet50 FLOPS=2.97x: later sessions) (~6-8 min?)
 #   PART=accuracy bash benchmarks/gpu_suite.sh         # dense 30 epochs + BATUDE vs baselines 2.5x/4x    (~7 min)
 #   PART=accuracy SEEDS=1 bash benchmarks/gpu_suite.sh # the second seed, a later session
+#   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
+#                                                      #   trains the dense model first when DENSE is not given)
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
 #   SMOKE=1 PART=... bash benchmarks/gpu_suite.sh      # tiny schedule on the CPU: checks the script itself
 #   LUT_DIR=benchmarks/results/<dir> PART=...           # latency parts: reuse the tables a cut-short session saved
@@ -60,6 +62,18 @@ if has kernel-plans; then  # issue 7's kernel goals: >= 2.0x (b64) / >= 1.6x (b1
     KP="--device cpu --dtype fp32 --batches 1 --model batude:resnet20 --input 3,16,16 --backends eager --lut-backend triton --points 2 --iters 1 --warmup 0"; else
     KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends cuda-graph,compile --model ${MODEL:-resnet18} --flops ${FLOPS:-2.52x}"; fi
   python3 benchmarks/latency_aware.py $KP $LUTS --out "$OUT/latency_aware_triton"
+fi
+if has latency-accuracy; then  # issue 7: at equal measured latency, the latency budget vs the FLOPs budget (accuracy)
+  DENSE=${DENSE:-}
+  if [ -z "$DENSE" ] || [ ! -f "$DENSE" ]; then  # no dense model from an earlier PART=accuracy: train one
+    python3 -m batude train --model resnet20 --data fashion-mnist --data-dir "$DATA" $SUBSET --epochs "$DENSE_EPOCHS" \
+      --device "$DEVICE" --workers "$WORKERS" --out "$OUT/dense"
+    DENSE="$OUT/dense/model.pt"; rm -f "$OUT"/dense/state.pt
+  fi
+  if [ "${SMOKE:-0}" = 1 ]; then LA="--device cpu --dtype fp32 --batch 8 --points 2 --iters 3"; else
+    LA="--device cuda --dtype fp16 --lut-backend cuda-graph --batch 64"; fi
+  python3 benchmarks/latency_budget_accuracy.py --dense "$DENSE" --out "$OUT/latency_budget_accuracy" --data-dir "$DATA" \
+    $SUBSET $LA --epochs-admm "$ADMM" --epochs-ft "$FT" --workers "$WORKERS"
 fi
 if has tests; then
   python3 -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests --ignore=tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt" || true
