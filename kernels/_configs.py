@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 
 import torch
 
 __all__ = ["SPLIT_K_MAX_ROWS", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "autotuned", "candidates", "KERNELS", "workspace",
-           "num_sms", "next_pow2"]
+           "num_sms", "next_pow2", "launch_fitting"]
+
+log = logging.getLogger(__name__)
 
 SPLIT_K_MAX_ROWS = 4096  # split-K (and its fp32 workspace of M*S) only for at most this many output pixels
 _MAX_ACC = 16384  # fp32 accumulator elements per program (BLOCK_M * RP)
@@ -213,6 +216,45 @@ def autotuned(kind: str):
     configs, key, prune = candidates(kind)
     fn = getattr(jit_module(), KERNELS[kind])
     return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **_bench_kwargs())(fn)
+
+
+_FITTED: dict[tuple, tuple[dict, int]] = {}
+_SHRINK = ("BLOCK_S", "BLOCK_N", "BLOCK_K", "BLOCK_C", "BLOCK_M")  # halved in this order, down to 16
+
+
+def _smaller(meta: dict, stages: int) -> tuple[dict, int] | None:
+    """The next smaller config: one pipeline stage less, then one tile dimension halved; None at the floor."""
+    if stages > 1:
+        return meta, stages - 1
+    for k in _SHRINK:
+        if meta.get(k, 0) > 16:
+            return {**meta, k: meta[k] // 2}, stages
+    return None
+
+
+def launch_fitting(key: tuple, launch, meta: dict, warps: int, stages: int) -> None:
+    """``launch(meta, warps, stages)``, shrunk until it fits where this GPU has less shared memory than it needs.
+
+    Every heuristic config fits an H100/H200 block (227 KB), but not a GPU with 99 KB per block
+    (``benchmarks/kernels_aot.py --arch 89``: large ranks, and fp32). Triton raises ``OutOfResources``
+    when it loads such a kernel, before anything runs; the launch is then retried with one pipeline
+    stage less, then with tiles halved (:func:`_smaller`), and what fits is remembered under ``key``.
+    """
+    from triton.runtime.errors import OutOfResources
+
+    meta, stages = _FITTED.get(key, (meta, stages))
+    while True:
+        try:
+            launch(meta, warps, stages)
+        except OutOfResources as err:
+            smaller = _smaller(meta, stages)
+            if smaller is None:
+                raise
+            log.info("%s does not fit this GPU (%s); retrying with %s, %d stages", meta, err, *smaller)
+            meta, stages = smaller
+            continue
+        _FITTED[key] = (meta, stages)
+        return
 
 
 _WORKSPACES: dict[tuple[str, int | None], list[tuple[torch.Tensor, torch.Tensor]]] = {}

@@ -18,7 +18,8 @@ import torch
 from batude.errors import BatudeError
 from batude.kernels import _configs as cfg
 from batude.kernels._runtime import autotune_enabled, interpreting, jit_module
-from batude.kernels.tucker2 import _MAX_R, _pair, check_activation, check_epilogue, precision_for, tucker2_output_size
+from batude.kernels.tucker2 import (_MAX_R, _out_of_resources, _pair, check_activation, check_epilogue, precision_for,
+                                    tucker2_output_size)
 
 __all__ = ["lowrank_chain", "chain_args"]
 
@@ -83,9 +84,17 @@ def lowrank_chain(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, *, scale: t
     args.update(RP=rp, PRECISION=precision_for(x.dtype))
     if config is None and autotune_enabled():
         grid = lambda META: (-(-m // META["BLOCK_M"]),)  # noqa: E731
-        cfg.autotuned("lowrank")[grid](*ptrs, **args)
-        return out
+        try:
+            cfg.autotuned("lowrank")[grid](*ptrs, **args)
+            return out
+        except _out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
+            config = cfg.heuristic_lowrank(m, c, rp, False)
     launch = dict(config or cfg.heuristic_lowrank(m, c, rp, interpreting()))
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
-    jit_module()._lowrank_kernel[(-(-m // launch["BLOCK_M"]),)](*ptrs, **args, **launch, num_warps=warps, num_stages=stages)
+
+    def run(tile: dict, warps: int, stages: int) -> None:
+        jit_module()._lowrank_kernel[(-(-m // tile["BLOCK_M"]),)](*ptrs, **args, **tile, num_warps=warps, num_stages=stages)
+
+    cfg.launch_fitting(("lowrank", x.device.index, x.dtype, rp, tuple(sorted(launch.items())), warps, stages),
+                       run, launch, warps, stages)
     return out

@@ -163,12 +163,27 @@ def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: d
     meta = dict(RP=rp, FUSE_FIRST=fuse, PRECISION=precision_for(x.dtype))
     if tune:
         grid = lambda META: (-(-m // META["BLOCK_M"]), META["SPLIT_K"])  # noqa: E731
-        cfg.autotuned("tucker2")[grid](*ptrs, **args, **meta)
-        return
+        try:
+            cfg.autotuned("tucker2")[grid](*ptrs, **args, **meta)
+            return
+        except _out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
+            config = cfg.heuristic_tucker2(m, c, rk, rp, kh * kw, False)
     launch = {k: v for k, v in config.items() if k != "pointwise"}
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
-    grid = (-(-m // launch["BLOCK_M"]), launch["SPLIT_K"])
-    jit_module()._tucker2_kernel[grid](*ptrs, **args, **meta, **launch, num_warps=warps, num_stages=stages)
+
+    def run(tile: dict, warps: int, stages: int) -> None:
+        grid = (-(-m // tile["BLOCK_M"]), tile["SPLIT_K"])
+        jit_module()._tucker2_kernel[grid](*ptrs, **args, **meta, **tile, num_warps=warps, num_stages=stages)
+
+    cfg.launch_fitting(("tucker2", x.device.index, x.dtype, rp, fuse, tuple(sorted(launch.items())), warps, stages),
+                       run, launch, warps, stages)
+
+
+def _out_of_resources() -> type[Exception]:
+    """Triton's ``OutOfResources`` (raised when a kernel needs more shared memory than the GPU has)."""
+    from triton.runtime.errors import OutOfResources
+
+    return OutOfResources
 
 
 def _launch_pointwise(x: torch.Tensor, u_in: torch.Tensor, t: torch.Tensor, config: dict | None) -> None:
@@ -180,9 +195,14 @@ def _launch_pointwise(x: torch.Tensor, u_in: torch.Tensor, t: torch.Tensor, conf
         return
     launch = dict(config or cfg.heuristic_pointwise(m, n_out, interpreting()))
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
-    grid = (-(-m // launch["BLOCK_M"]), -(-n_out // launch["BLOCK_N"]))
-    jit_module()._pointwise_kernel[grid](x, u_in, t, M=m, C=c, N_OUT=n_out, PRECISION=prec, **launch,
-                                         num_warps=warps, num_stages=stages)
+
+    def run(tile: dict, warps: int, stages: int) -> None:
+        grid = (-(-m // tile["BLOCK_M"]), -(-n_out // tile["BLOCK_N"]))
+        jit_module()._pointwise_kernel[grid](x, u_in, t, M=m, C=c, N_OUT=n_out, PRECISION=prec, **tile,
+                                             num_warps=warps, num_stages=stages)
+
+    cfg.launch_fitting(("pointwise", x.device.index, x.dtype, tuple(sorted(launch.items())), warps, stages),
+                       run, launch, warps, stages)
 
 
 def _run(mode: str, x, u_in, core, u_out, eps, geo, config: dict | None) -> torch.Tensor:

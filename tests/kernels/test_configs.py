@@ -85,3 +85,37 @@ def test_autotuned_wrappers_build_without_a_gpu():
     for kind in ("tucker2", "lowrank", "pointwise"):
         tuned = _configs.autotuned(kind)
         assert len(tuned.configs) >= 4 and tuned.keys
+
+
+def test_a_launch_that_does_not_fit_is_retried_smaller_and_remembered():
+    """What a GPU with less shared memory than a config needs gets (the retry logic; Triton raises ``OutOfResources``
+    when it loads the kernel, before anything runs)."""
+    from triton.runtime.errors import OutOfResources
+
+    from batude.kernels import _configs
+
+    tried = []
+
+    def launch(meta, warps, stages):
+        tried.append((dict(meta), stages))
+        need = stages * (meta["BLOCK_M"] * meta["BLOCK_K"] + meta["BLOCK_K"] * 64) * 2 + meta["BLOCK_S"] * 64 * 2
+        if need > 15000:
+            raise OutOfResources(need, 15000, "shared memory")
+
+    meta = dict(BLOCK_M=64, BLOCK_K=64, BLOCK_C=64, BLOCK_S=64, SPLIT_K=1)
+    key = ("test", 0, "fp16", 64, tuple(sorted(meta.items())), 4, 3)
+    _configs._FITTED.pop(key, None)
+    _configs.launch_fitting(key, launch, meta, 4, 3)
+    assert [s for _, s in tried[:3]] == [3, 2, 1]  # stages first
+    assert tried[3][0]["BLOCK_S"] == 32 and tried[-1][0]["BLOCK_S"] == 16  # then BLOCK_S, before BLOCK_K
+    final = tried[-1]
+    assert final[0]["BLOCK_K"] == 32 and final[0]["BLOCK_M"] == 64 and final[1] == 1
+    tried.clear()
+    _configs.launch_fitting(key, launch, meta, 4, 3)
+    assert tried == [final]  # remembered: no second search
+
+    def never(meta, warps, stages):
+        raise OutOfResources(10 ** 9, 20000, "shared memory")
+
+    with pytest.raises(OutOfResources):
+        _configs.launch_fitting(("never",), never, meta, 4, 3)
