@@ -13,24 +13,13 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from batude.bench.env import environment
-from batude.functional.tucker import tucker2_decompose, tucker2_reconstruct
-
-
-def _tensorly_hosvd(w: torch.Tensor, ranks: tuple[int, int]) -> torch.Tensor:
-    import tensorly as tl
-    from tensorly.decomposition import partial_tucker
-
-    with tl.backend_context("pytorch"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        (core, (u, v)), _ = partial_tucker(w, rank=list(ranks), modes=[0, 1], n_iter_max=0, init="svd", tol=0)
-    return tucker2_reconstruct(core, u, v)
+from batude.functional.tucker import tensorly_tucker2, tucker2_decompose, tucker2_reconstruct
 
 
 def measure(model_name: str) -> dict:
@@ -49,7 +38,7 @@ def measure(model_name: str) -> dict:
         ours = tucker2_reconstruct(*tucker2_decompose(w, ranks))
         ours_s += time.perf_counter() - t
         t = time.perf_counter()
-        theirs = _tensorly_hosvd(w, ranks)
+        theirs = tucker2_reconstruct(*tensorly_tucker2(w, ranks, 0))
         theirs_s += time.perf_counter() - t
         worst = max(worst, float((ours - theirs).norm() / theirs.norm()))
     return {"model": model_name, "layers": len(convs), "batude_s": round(ours_s, 2), "tensorly_s": round(theirs_s, 2),

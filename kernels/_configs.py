@@ -17,7 +17,7 @@ import logging
 import torch
 
 __all__ = ["SPLIT_K_MAX_ROWS", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "autotuned", "candidates", "KERNELS", "workspace",
-           "num_sms", "next_pow2", "launch_fitting"]
+           "num_sms", "next_pow2", "launch_fitting", "out_of_resources"]
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,13 @@ def _smaller(meta: dict, stages: int) -> tuple[dict, int] | None:
     return None
 
 
+def out_of_resources() -> type[Exception]:
+    """Triton's ``OutOfResources``: raised when a kernel needs more shared memory than the GPU has."""
+    from triton.runtime.errors import OutOfResources
+
+    return OutOfResources
+
+
 def launch_fitting(key: tuple, launch, meta: dict, warps: int, stages: int) -> None:
     """``launch(meta, warps, stages)``, shrunk until it fits where this GPU has less shared memory than it needs.
 
@@ -240,13 +247,11 @@ def launch_fitting(key: tuple, launch, meta: dict, warps: int, stages: int) -> N
     when it loads such a kernel, before anything runs; the launch is then retried with one pipeline
     stage less, then with tiles halved (:func:`_smaller`), and what fits is remembered under ``key``.
     """
-    from triton.runtime.errors import OutOfResources
-
     meta, stages = _FITTED.get(key, (meta, stages))
     while True:
         try:
             launch(meta, warps, stages)
-        except OutOfResources as err:
+        except out_of_resources() as err:
             smaller = _smaller(meta, stages)
             if smaller is None:
                 raise

@@ -21,6 +21,7 @@ wrong results or slow code: that still needs the GPU tests.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import tempfile
@@ -148,6 +149,7 @@ def aot_unavailable_reason(arch: int = 90) -> str | None:
     return None if os.path.exists(get_ptxas(arch).path) else "triton's ptxas is missing"
 
 
+@functools.lru_cache(maxsize=None)
 def _backend(arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import make_backend
@@ -158,6 +160,11 @@ def _backend(arch: int):
 
 def specialize(spec: Spec, arch: int = 90) -> tuple:
     """``(signature, constexprs, attrs)`` as Triton's JIT would build them for this launch."""
+    return _specialize(spec, arch)[2:]
+
+
+def _specialize(spec: Spec, arch: int) -> tuple:
+    """``(kernel, target, signature, constexprs, attrs)`` of this launch."""
     from triton._C.libtriton import native_specialize_impl
 
     if interpreting():
@@ -167,7 +174,7 @@ def specialize(spec: Spec, arch: int = 90) -> tuple:
     extra = sorted(set(spec.args) - {p.name for p in fn.params})
     if missing or extra:
         raise BatudeError(f"{spec.kind} kernel arguments do not match its signature: missing {missing}, unknown {extra}")
-    _, backend = _backend(arch)
+    target, backend = _backend(arch)
     signature, constexprs, attrs = {}, {}, {}
     for i, p in enumerate(fn.params):
         v = spec.args[p.name]
@@ -181,7 +188,7 @@ def specialize(spec: Spec, arch: int = 90) -> tuple:
             constexprs[(i,)] = v
         elif isinstance(attr, str):
             attrs[(i,)] = backend.parse_attr(attr)
-    return signature, constexprs, attrs
+    return fn, target, signature, constexprs, attrs
 
 
 def spec_key(spec: Spec, arch: int = 90) -> str:
@@ -214,15 +221,13 @@ def compile_spec(spec: Spec, arch: int = 90) -> dict:
     """Compile one launch for ``sm_<arch>`` here (no GPU needed) and check what the GPU would refuse.
 
     Returns a JSON-ready record: ``ok`` (compiled, and within the shared-memory and register limits),
-    ``error`` (the compiler's first line, or which limit was exceeded), ``shared_bytes``,
+    ``error`` (the last line of the compiler's message, or which limit was exceeded), ``shared_bytes``,
     ``registers`` (per thread), ``spill_bytes``, ``seconds``, the config and the spec's origin.
     """
     import triton
     from triton.compiler import ASTSource
 
-    signature, constexprs, attrs = specialize(spec, arch)
-    target, _ = _backend(arch)
-    fn = getattr(jit_module(), cfg.KERNELS[spec.kind])
+    fn, target, signature, constexprs, attrs = _specialize(spec, arch)
     meta = {k: v for k, v in spec.args.items() if k.isupper() and k.startswith(("BLOCK_", "SPLIT_"))}
     rec = {"kind": spec.kind, "arch": arch, "config": meta, "num_warps": spec.num_warps, "num_stages": spec.num_stages,
            "rp": spec.args.get("RP"), "fuse_first": spec.args.get("FUSE_FIRST"), "origin": spec.origin}

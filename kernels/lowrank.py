@@ -18,8 +18,7 @@ import torch
 from batude.errors import BatudeError
 from batude.kernels import _configs as cfg
 from batude.kernels._runtime import autotune_enabled, interpreting, jit_module
-from batude.kernels.tucker2 import (_MAX_R, _out_of_resources, _pair, check_activation, check_epilogue, precision_for,
-                                    tucker2_output_size)
+from batude.kernels.tucker2 import _MAX_R, _pair, check_activation, check_epilogue, precision_for, tucker2_output_size
 
 __all__ = ["lowrank_chain", "chain_args"]
 
@@ -87,7 +86,7 @@ def lowrank_chain(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, *, scale: t
         try:
             cfg.autotuned("lowrank")[grid](*ptrs, **args)
             return out
-        except _out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
+        except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
             config = cfg.heuristic_lowrank(m, c, rp, False)
     launch = dict(config or cfg.heuristic_lowrank(m, c, rp, interpreting()))
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)

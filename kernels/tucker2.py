@@ -166,7 +166,7 @@ def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: d
         try:
             cfg.autotuned("tucker2")[grid](*ptrs, **args, **meta)
             return
-        except _out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
+        except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
             config = cfg.heuristic_tucker2(m, c, rk, rp, kh * kw, False)
     launch = {k: v for k, v in config.items() if k != "pointwise"}
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
@@ -177,13 +177,6 @@ def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: d
 
     cfg.launch_fitting(("tucker2", x.device.index, x.dtype, rp, fuse, tuple(sorted(launch.items())), warps, stages),
                        run, launch, warps, stages)
-
-
-def _out_of_resources() -> type[Exception]:
-    """Triton's ``OutOfResources`` (raised when a kernel needs more shared memory than the GPU has)."""
-    from triton.runtime.errors import OutOfResources
-
-    return OutOfResources
 
 
 def _launch_pointwise(x: torch.Tensor, u_in: torch.Tensor, t: torch.Tensor, config: dict | None) -> None:

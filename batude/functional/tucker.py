@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "unfold",
     "tucker2_decompose",
+    "tensorly_tucker2",
     "tucker2_reconstruct",
     "lowrank_factors",
     "singular_values",
@@ -76,17 +77,23 @@ def tucker2_decompose(
     if hooi_iters == 0:
         u, v = _leading_vectors(unfold(w64, 0), r1), _leading_vectors(unfold(w64, 1), r2)
         core = torch.einsum("schw,sa,cb->abhw", w64, u, v)
-        return tuple(t.to(dtype=weight.dtype).contiguous() for t in (core, u, v))  # type: ignore[return-value]
+    else:
+        core, u, v = tensorly_tucker2(w64, (r1, r2), hooi_iters)
+    return tuple(t.to(dtype=weight.dtype).contiguous() for t in (core, u, v))  # type: ignore[return-value]
+
+
+def tensorly_tucker2(w64: torch.Tensor, ranks: tuple[int, int], n_iter_max: int) -> tuple[torch.Tensor, ...]:
+    """tensorly's ``partial_tucker`` over the channel modes (SVD initialisation, ``n_iter_max`` HOOI steps):
+    ``(core, U, V)`` in ``w64``'s dtype. batude uses it for HOOI; with 0 steps it is the HOSVD that
+    :func:`tucker2_decompose` computes faster (``benchmarks/decompose_speed.py`` times both)."""
     import tensorly as tl
     from tensorly.decomposition import partial_tucker
 
     with tl.backend_context("pytorch"), warnings.catch_warnings():
         # A rank above the unfolding's own rank is legal (factors are completed); tensorly warns.
         warnings.filterwarnings("ignore", message="Trying to compute SVD", category=UserWarning)
-        (core, (u, v)), _ = partial_tucker(
-            w64, rank=[r1, r2], modes=[0, 1], n_iter_max=hooi_iters, init="svd", tol=0
-        )
-    return tuple(t.to(dtype=weight.dtype).contiguous() for t in (core, u, v))  # type: ignore[return-value]
+        (core, (u, v)), _ = partial_tucker(w64, rank=list(ranks), modes=[0, 1], n_iter_max=n_iter_max, init="svd", tol=0)
+    return core, u, v
 
 
 def _leading_vectors(matrix: torch.Tensor, rank: int) -> torch.Tensor:

@@ -18,7 +18,8 @@ def _reason() -> str | None:
     return aot_unavailable_reason(90)
 
 
-pytestmark = pytest.mark.skipif(_reason() is not None, reason=f"{_reason()}")
+_REASON = _reason()
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 
 
 def _heuristic_spec(specs, kind):
