@@ -45,7 +45,10 @@ has() { [[ ",$PART," == *",$1,"* ]]; }
 LUTS=${LUT_DIR:+--lut-dir $LUT_DIR}  # reuse latency tables an earlier session saved (lut_b<batch>.json, same GPU)
 python3 -c "import json; from batude.bench.env import environment; print(json.dumps(environment(), indent=2))" | tee "$OUT/env.json"
 if has kernels; then  # issue 6: correctness on the real compiler, then the speed table
-  python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/kernels 2>&1 | tee "$OUT/kernel_tests.txt" || true
+  # compile-bound: spread over the CPU cores with pytest-xdist where the image has it; capped (KT_TIMEOUT s)
+  XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${KT_WORKERS:-8}" || true)
+  timeout "${KT_TIMEOUT:-900}" python3 -m pytest -q -rs -p no:cacheprovider $XDIST --durations=10 -m gpu tests/kernels 2>&1 \
+    | tee "$OUT/kernel_tests.txt" || true
   python3 benchmarks/kernels_vs_cudnn.py $KERNELS --out "$OUT/kernels"
 fi
 if has latency; then  # issues 5 and 7: latency-aware plans vs the oracle, and the latency-vs-FLOPs rows

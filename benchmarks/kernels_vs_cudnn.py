@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from batude._io import write_text_atomic
 from batude.bench.env import environment
 from batude.bench.timing import time_callable
 from batude.nn import TuckerConv2d
@@ -269,11 +270,18 @@ def main(argv=None) -> int:
         device, dtype, batches = torch.device("cuda"), torch.float16, [int(b) for b in args.batches.split(",")]
         torch.backends.cudnn.benchmark = True
     clock = Clock(args.budget_s)
+
+    def write_report(layers: list[dict], models: list[dict], done: bool) -> dict:
+        """The report so far, written at once: a run killed in the model part keeps its layer table."""
+        r = {"env": environment(), "args": vars(args), "dtype": str(dtype).replace("torch.", ""), "complete": done,
+             "layers": layers, "model": models, "goals": goals(layers, models), "elapsed_s": time.perf_counter() - clock.start}
+        write_text_atomic(out / "kernels_vs_cudnn.json", json.dumps(r, indent=2) + "\n")
+        return r
+
     layers = layer_rows(args, device, dtype, batches, Clock(min(args.layer_budget_s, args.budget_s)))
+    write_report(layers, [], done=args.skip_model)
     models = [] if args.skip_model else model_rows(args, device, dtype, batches, clock)
-    report = {"env": environment(), "args": vars(args), "dtype": str(dtype).replace("torch.", ""), "layers": layers,
-              "model": models, "goals": goals(layers, models), "elapsed_s": time.perf_counter() - clock.start}
-    (out / "kernels_vs_cudnn.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = write_report(layers, models, done=True)
     plot(report, out / "kernels_vs_cudnn.png")
     for g in report["goals"]:
         measured = "-" if g["measured"] is None else f"{g['measured']:.2f}x"
