@@ -13,7 +13,9 @@ then four plans at >= ``--flops`` fewer FLOPs are made and measured in the same 
   table's grid under the FLOPs limit, accuracy ignored (the issue's upper bound).
 
 Every model is lowered (variants, BatchNorm folded) before timing, dense too. Reports measured and
-predicted ms, speed-up over dense, and each plan's measured speed-up as a share of the oracle's.
+predicted ms, the table's prediction error (on the rows timed as the table times: eager, or CUDA
+graphs), speed-up over dense in the same backend (the ``triton`` backend's dense is cuDNN in a CUDA
+graph), and each plan's measured speed-up as a share of the oracle's.
 Each table is saved to ``--out`` as ``lut_b<batch>.json`` as soon as it is measured, and the report
 after each batch; ``--lut-dir`` reuses saved tables (same GPU, software, dtype, backend and input),
 so an experiment can be split across device sessions.
@@ -186,6 +188,10 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
             rows.append(r)
         print(f"b{batch} {name}: measured", flush=True)
     _speedups(rows)
+    timed_as = {"triton": "cuda-graph"}.get(lut_backend, lut_backend)  # how the table timed its cells
+    for r in rows:  # the table's prediction error, where the row is timed as the table was
+        if r["backend"] == timed_as and r.get("available") and r["predicted_ms"]:
+            r["prediction_error"] = (r["predicted_ms"] - r["median_ms"]) / r["median_ms"]
     return {"batch": batch, "lut_backend": lut_backend, "lut_seconds": lut_seconds, "lut_model_ms": lut.model_ms,
             **info, "rows": rows, "plans": {n: p.to_dict() for n, (p, _) in plans.items()}}
 
@@ -195,12 +201,14 @@ def _speedups(rows: list[dict]) -> None:
     for r in rows:
         if dense and r.get("available"):
             r["speedup_vs_best_dense"] = min(dense) / r["median_ms"]
+    graphed = next((r for r in rows if r["plan"] == "dense" and r["backend"] == "cuda-graph" and r.get("available")), None)
     for backend in {r["backend"] for r in rows}:
         mine = {r["plan"]: r for r in rows if r["backend"] == backend and r.get("available")}
-        if "dense" not in mine:
+        base = mine.get("dense", graphed)  # the triton backend's dense is cuDNN in a CUDA graph
+        if base is None:
             continue
         for r in mine.values():
-            r["speedup"] = mine["dense"]["median_ms"] / r["median_ms"]
+            r["speedup"] = base["median_ms"] / r["median_ms"]
         if "oracle" in mine:
             for r in mine.values():
                 r["share_of_oracle"] = r["speedup"] / mine["oracle"]["speedup"]
@@ -210,17 +218,27 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def table(batches: list[dict]) -> str:
-    lines = ["| batch | backend | plan | FLOPs cut | predicted speed-up | measured ms | measured speed-up | share of oracle "
-             "| vs best dense |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| batch | backend | plan | FLOPs cut | predicted speed-up | predicted ms | measured ms | table error "
+             "| measured speed-up | share of oracle | vs best dense |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in batches:
         for r in b["rows"]:
             if not r.get("available"):
-                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | unavailable: {r['reason']} | | | |")
+                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | | unavailable: {r['reason']} | | | | |")
                 continue
+            error = r.get("prediction_error")
             lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | {r['macs_reduction']:.2f}x | "
-                         f"{_x(r['predicted_speedup'])} | {r['median_ms']:.3f} | {_x(r.get('speedup'))} | "
-                         f"{r.get('share_of_oracle', float('nan')):.0%} | {_x(r.get('speedup_vs_best_dense'))} |")
+                         f"{_x(r['predicted_speedup'])} | {_ms(r['predicted_ms'])} | {r['median_ms']:.3f} | "
+                         f"{'-' if error is None else f'{error:+.1%}'} | {_x(r.get('speedup'))} | "
+                         f"{_pct(r.get('share_of_oracle'))} | {_x(r.get('speedup_vs_best_dense'))} |")
     return "\n".join(lines)
 
 

@@ -77,6 +77,10 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     assert rows["oracle"]["share_of_oracle"] == 1.0
     assert rows["oracle"]["predicted_ms"] == pytest.approx(report["batches"][0]["plans"]["oracle"]["latency"]["predicted_ms"])
     assert rows["uniform"]["predicted_speedup"] is None  # the naive chain is not a table-guided plan
+    assert "prediction_error" not in rows["uniform"]
+    for name in ("dense", "batude", "oracle"):  # the table's error where the row is timed as the table was (eager)
+        r = rows[name]
+        assert r["prediction_error"] == pytest.approx((r["predicted_ms"] - r["median_ms"]) / r["median_ms"])
     assert "| 2 | eager | batude-latency |" in bench.table(report["batches"])
 
     # the saved table is reused by a later run (an experiment split across device sessions), and refused elsewhere
@@ -89,6 +93,20 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     assert reused["lut_seconds"] is None and reused["plans"]["oracle"] == batch["plans"]["oracle"]
     with pytest.raises(BatudeError, match="measured at input"):
         bench.main([*argv, "--input", "3,16,16", "--out", str(tmp_path / "other")])
+
+
+def test_latency_aware_triton_rows_are_compared_with_graphed_cudnn_dense():
+    """The triton backend measures no dense model of its own: its baseline is dense cuDNN in a CUDA graph."""
+    bench = _script("latency_aware")
+    row = lambda plan, backend, ms: {"plan": plan, "backend": backend, "median_ms": ms, "available": True}  # noqa: E731
+    rows = [row("dense", "cuda-graph", 2.0), row("dense", "compile", 1.0), row("oracle", "cuda-graph", 1.6),
+            row("batude", "triton", 1.0), row("oracle", "triton", 0.8)]
+    bench._speedups(rows)
+    assert rows[3]["speedup"] == 2.0 and rows[4]["speedup"] == 2.5  # over the cuda-graph dense
+    assert rows[3]["share_of_oracle"] == pytest.approx(0.8)  # within the triton backend
+    assert rows[3]["speedup_vs_best_dense"] == 1.0  # the compiled dense is the best dense
+    assert "| 1 | triton | batude |" in bench.table([{"batch": 1, "rows": [{**rows[3], "macs_reduction": 2.5,
+                                                                           "predicted_speedup": None, "predicted_ms": None}]}])
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")

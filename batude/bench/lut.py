@@ -3,7 +3,8 @@
 ``LatencyTable.build`` times, for every eligible layer of a dense model at its real input shape,
 the dense layer and each exact form of its factorisation (Tucker-2: chain, merge_first,
 merge_last; 1x1/Linear: the two-layer product) on a grid of aligned ranks, plus the rest of the
-model (whole dense latency minus its eligible layers). ``predict`` interpolates bilinearly between
+model (whole dense latency minus its eligible layers). Whole models are timed as deployed: lowered,
+BatchNorm folded (except on the ``triton`` backend, see below). ``predict`` interpolates bilinearly between
 grid points (clamped at the grid's ends). A table is keyed by device, torch version, dtype, batch
 and backend, and refuses to be used elsewhere. ``validate`` compares its prediction for a plan
 with the measured latency of the factorised model.
@@ -36,7 +37,7 @@ from batude.bench.env import environment
 from batude.bench.layers import layer_input_shapes
 from batude.bench.timing import time_callable
 from batude.errors import BatudeError
-from batude.export.lower import Variant, apply_variants, variant_module
+from batude.export.lower import Variant, apply_variants, lower, variant_module
 from batude.functional.cost import LayerKind, max_ranks
 from batude.nn.decompose import Init, decompose_module
 from batude.rank.plan import RankPlan, apply_plan_
@@ -155,7 +156,7 @@ class LatencyTable:
             return time_callable(run, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms
 
         x = torch.randn((batch, *input_shape), device=dev, dtype=dtype)
-        model_ms = time(model, x, "model")
+        model_ms = time(_as_deployed(model, (1, *input_shape), {}, backend), x, "model")
         layers = {}
         for i, cand in enumerate(problem.candidates):
             if progress is not None:
@@ -222,7 +223,7 @@ class LatencyTable:
         tucker = {l.name for l in plan.layers if l.ranks is not None and l.kind is LayerKind.TUCKER2}
         forms = {n: v for n, v in forms.items() if n in tucker or v == Variant.TRITON.value}
         backend = self.key.get("backend", "eager")
-        compressed = apply_variants(compressed, forms, plain=backend == "triton").to(dev, dtype)
+        compressed = _as_deployed(compressed, (1, *self.input_shape), forms, backend).to(dev, dtype)
         x = torch.randn((self.key["batch"], *self.input_shape), device=dev, dtype=dtype)
         if dev.type == "cuda":
             compressed, x = compressed.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -270,6 +271,22 @@ def _check_kernels(dev: torch.device) -> None:
     if dev.type != "cuda" and not interpreting():
         raise BatudeError("a triton latency table needs --device cuda (the kernels run on the CPU only under "
                           "TRITON_INTERPRET=1, whose timings mean nothing); use --backend eager on the CPU")
+
+
+def _as_deployed(model: nn.Module, input_shape: Sequence[int], variants: dict[str, str], backend: str) -> nn.Module:
+    """``model`` as batude deploys it: ``variants`` applied and BatchNorm folded (:func:`lower`), so that a table's
+    whole-model time and its validation measure what an exported model pays (BatchNorm costs a kernel per conv).
+
+    The ``triton`` backend keeps BatchNorm unfolded and chain layers as plain convs (lowering would drop the
+    kernels); a model fx cannot trace is timed unfolded, with a warning.
+    """
+    if backend == "triton":
+        return apply_variants(model, variants, plain=True)
+    try:
+        return lower(model, input_shape, variants)[0]
+    except BatudeError as err:
+        log.warning("timing the model with its BatchNorm unfolded: %s", err)
+        return apply_variants(model, variants)
 
 
 def _runner_backend(backend: str, dev: torch.device) -> Backend:

@@ -1,11 +1,12 @@
 """Latency lookup tables: interpolation, keying and refusal, JSON round trip, prediction vs measurement."""
 
+import copy
 import json
 
 import pytest
 import torch
 
-from batude.bench.lut import LatencyTable, LayerTable, _grid
+from batude.bench.lut import LatencyTable, LayerTable, _as_deployed, _grid
 from batude.cli import main
 from batude.errors import BatudeError
 from batude.models import resnet20
@@ -68,6 +69,28 @@ def test_validate_reports_prediction_error(table):
     result = lut.validate(model, plan, iters=5)
     assert result["predicted_ms"] > 0 and result["measured_ms"] > 0
     assert result["error"] == pytest.approx(abs(result["predicted_ms"] - result["measured_ms"]) / result["measured_ms"])
+
+
+def test_tables_time_the_model_as_deployed_with_batchnorm_folded():
+    """The whole-model time (and validation) is of the lowered model: BatchNorm folded, same function."""
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial statistics
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 1, 28, 28)
+    deployed = _as_deployed(model, (1, 1, 28, 28), {}, "eager")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    assert torch.allclose(deployed(x), model(x), atol=1e-4)
+    plan = select_ranks(model, "2x", "uniform", input_shape=(1, 1, 28, 28))
+    from batude.rank import apply_plan_
+
+    tucker = apply_plan_(copy.deepcopy(model), plan, init="decompose").eval()
+    name = next(l.name for l in plan.layers if l.kind.value == "tucker2" and l.ranks)
+    merged = _as_deployed(tucker, (1, 1, 28, 28), {name: "merge_last"}, "eager")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in merged.modules())
+    assert torch.allclose(merged(x), tucker(x), atol=1e-4)
+    kept = _as_deployed(tucker, (1, 1, 28, 28), {}, "triton")  # lowering would drop the kernels: BN stays
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in kept.modules())
 
 
 def test_lut_cli_build_and_validate(tmp_path, capsys):
