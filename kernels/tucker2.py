@@ -12,9 +12,10 @@ the bias and a folded BatchNorm; fp32 accumulation, output in the input dtype):
            the ``[BLOCK_M, R1p]`` core tile held in registers.
 ``split``  two kernels: a 1x1 GEMM writes the ``R2p``-channel intermediate (NHWC), then the same core
            kernel loads it instead of recomputing it. The first 1x1 costs its FLOPs once.
-``auto``   on CUDA, the first call for a shape times both (after their own autotuning) and caches
-           the faster; where timing is impossible (CUDA-graph capture, interpreter) a heuristic
-           picks ``fused`` for at most 4096 output pixels (launch-bound), else ``split``.
+``auto``   on CUDA, the first call for a shape times both (after their own autotuning, each as a
+           replayed CUDA graph: GPU time, not launch overhead) and caches the faster; where timing
+           is impossible (CUDA-graph capture, interpreter) a heuristic picks ``fused`` for at most
+           4096 output pixels and at most 64 input channels, else ``split``.
 
 Tiling: one program owns ``BLOCK_M`` output pixels and all ``R1p`` core channels (the accumulator
 must hold the whole core output for the last 1x1), loops over ``kh*kw`` taps x ``BLOCK_K`` rank
@@ -59,6 +60,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_R = 512
 _AUTO_CHOICE: dict[tuple, str] = {}
 FUSED_MAX_ROWS = 4096
+FUSED_MAX_CHANNELS = 64
 
 
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
@@ -210,16 +212,39 @@ def _run(mode: str, x, u_in, core, u_out, eps, geo, config: dict | None) -> torc
     return out
 
 
-def _time_ms(fn, reps: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
+def _time_ms(fn, calls: int = 10, replays: int = 3) -> float:
+    """GPU milliseconds per call of ``fn``, from replaying a CUDA graph of ``calls`` calls: what a graphed model pays.
+
+    Timing eager calls would measure Python's launch overhead instead (tens of microseconds per Triton
+    launch, as long as these kernels run), which favoured the one-kernel ``fused`` mode: on an H100
+    ``auto`` picked it for 13 of 14 ResNet-18 shapes, 10 of them where ``split`` ran faster in CUDA
+    graphs (up to 2x; BENCHMARKS.md, kernels). Falls back to eager timing where capture fails.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # autotuning and workspace allocation happen here, outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+    except RuntimeError as err:  # capture refused (a caller's stream state, an allocator mode)
+        log.debug("tucker2 auto mode: timing eagerly, CUDA-graph capture failed: %s", err)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(calls * replays):
+            fn()
+        end.record()
     end.synchronize()
-    return start.elapsed_time(end) / reps
+    return start.elapsed_time(end) / (calls * replays)
 
 
 def _auto_key(x: torch.Tensor, geo: tuple) -> tuple:
@@ -227,8 +252,15 @@ def _auto_key(x: torch.Tensor, geo: tuple) -> tuple:
 
 
 def _guess(geo: tuple) -> str:
-    n, _, _, _, oh, ow, kh, kw = geo[:8]
-    return "fused" if n * oh * ow <= FUSED_MAX_ROWS or kh * kw == 1 else "split"
+    """The mode ``auto`` runs where it cannot time both (CUDA-graph capture, the interpreter).
+
+    ``fused`` recomputes the first 1x1 for each tap, ``8 * C * R2`` extra MACs per output pixel: it
+    pays only while launches dominate (few output pixels) and ``C`` is small. On an H100 (fp16, CUDA
+    graphs, ResNet-18 shapes at rank ratio 0.5) ``fused`` won at batch 1 for C = 64 only, ``split``
+    for C >= 128 and everywhere at batch 64.
+    """
+    n, c, _, _, oh, ow, kh, kw = geo[:8]
+    return "fused" if kh * kw == 1 or (n * oh * ow <= FUSED_MAX_ROWS and c <= FUSED_MAX_CHANNELS) else "split"
 
 
 def auto_choice(x: torch.Tensor, core: torch.Tensor, u_out: torch.Tensor, stride: int | Sequence[int] = 1,

@@ -119,3 +119,14 @@ def test_a_launch_that_does_not_fit_is_retried_smaller_and_remembered():
 
     with pytest.raises(OutOfResources):
         _configs.launch_fitting(("never",), never, meta, 4, 3)
+
+
+@pytest.mark.parametrize("n,c,hw,k,mode", [(1, 64, 56, 3, "fused"), (1, 64, 28, 3, "fused"), (1, 128, 28, 3, "split"),
+                                           (1, 512, 7, 3, "split"), (64, 64, 56, 3, "split"), (64, 512, 7, 3, "split"),
+                                           (64, 512, 7, 1, "fused")])
+def test_auto_mode_heuristic_follows_the_h100_measurements(n, c, hw, k, mode):
+    """Where ``auto`` cannot time both modes: ``fused`` only for few pixels and few input channels (or a 1x1 core)."""
+    from batude.kernels import tucker2
+
+    geo = (n, c, hw, hw, hw, hw, k, k, c // 2, c // 2, c, (1, 1))
+    assert tucker2._guess(geo) == mode
