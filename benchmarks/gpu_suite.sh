@@ -7,14 +7,17 @@
 #       --platform manylinux2014_x86_64 -d .whl tensorly==0.10.0
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
 # Run with carry [".whl", ".data"], one session's worth of parts at a time (15 min of device time
-# per session, a fresh machine takes 1-2 min to start; each part's estimate is for an H100):
-#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ + kernels_vs_cudnn.py      (~6-7 min)
-#   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs, b64/b1)
-#                                                      #   + latency_vs_flops ResNet-18 2.52x            (~5-6 min)
-#   PART=compile bash benchmarks/gpu_suite.sh          # the latency-aware comparison under torch.compile  (~5 min)
-#   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels (b64;
-#                                                      #   BATCHES=1 for batch 1, MODEL=resnet50 FLOPS=2.97x: later sessions) (~6-8 min?)
-#   PART=accuracy bash benchmarks/gpu_suite.sh         # dense 30 epochs + BATUDE vs baselines 2.5x/4x    (~7 min)
+# per session; a fresh H100 started in about 30 s on 2026-11-26). Times measured on an H100 that day
+# (BENCHMARKS.md, "H100 runs"), estimates marked "?":
+#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (8 xdist workers, 100 s)
+#                                                      #   + kernels_vs_cudnn.py (82 s)                   (~3.5 min)
+#   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs and compile,
+#                                                      #   b64/b1) + latency_vs_flops ResNet-18 2.52x      (~1.5 min)
+#   PART=compile bash benchmarks/gpu_suite.sh          # the latency-aware comparison under torch.compile only
+#                                                      #   (PART=latency already times compile)
+#   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels: ResNet-18
+#                                                      #   b64 (100 s); BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
+#   PART=accuracy bash benchmarks/gpu_suite.sh         # dense 30 epochs + BATUDE vs baselines 2.5x/4x    (~7 min?)
 #   PART=accuracy SEEDS=1 bash benchmarks/gpu_suite.sh # the second seed, a later session
 #   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
 #                                                      #   trains the dense model first when DENSE is not given)
