@@ -212,6 +212,26 @@ class LatencyTable:
         """
         return predict_layers(self, plan.layers)
 
+    def summary(self, plan: RankPlan | None = None) -> dict[str, Any]:
+        """Where the dense model's time goes, and with ``plan`` what the table predicts against a FLOPs-proportional bound.
+
+        ``eligible_ms``: the factorisable layers' dense time; the rest (``other_ms``: stem, pooling,
+        activations, adds) no rank choice can shrink. ``flops_bound_ms``: the model's time if every
+        layer the plan factorises ran at its dense speed per FLOP (dense ms x MACs after / before):
+        an Amdahl bound for the FLOPs cut, which per-layer kernels would have to reach. Offline: no device.
+        """
+        eligible = sum(t.dense_ms for t in self.layers.values())
+        out: dict[str, Any] = {"key": self.key, "input_shape": self.input_shape, "model_ms": self.model_ms,
+                               "other_ms": self.other_ms, "eligible_ms": eligible, "eligible_share": eligible / self.model_ms}
+        if plan is not None:
+            predicted, variants = self.predict(plan)
+            planned = {l.name: l for l in plan.layers if l.ranks is not None}
+            bound = self.other_ms + sum(t.dense_ms * (planned[n].macs_after / planned[n].macs_before if n in planned else 1.0)
+                                        for n, t in self.layers.items())
+            out.update(plan_macs_reduction=plan.macs_reduction, predicted_ms=predicted, predicted_speedup=self.model_ms / predicted,
+                       flops_bound_ms=bound, flops_bound_speedup=self.model_ms / bound, variants=variants)
+        return out
+
     def validate(self, model: nn.Module, plan: RankPlan, iters: int = 20, warmup: int = 3) -> dict[str, float]:
         """Predicted vs measured latency of ``model`` factorised by ``plan``, each layer in the table's fastest variant."""
         import copy

@@ -1,4 +1,4 @@
-"""``batude lut build`` / ``batude lut validate``: measured per-layer latency tables."""
+"""``batude lut build`` / ``validate`` / ``show``: measured per-layer latency tables."""
 
 from __future__ import annotations
 
@@ -45,8 +45,31 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    lut = LatencyTable.load(args.lut)
+    plan = None
+    if args.plan:
+        from batude.rank.plan import RankPlan
+
+        plan = RankPlan.load(args.plan)
+    s = lut.summary(plan)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    k = s["key"]
+    print(f"{args.lut}: {len(lut.layers)} layers on {k['hardware']} ({k['device']}, {k['dtype']}, batch {k['batch']}, "
+          f"{k['backend']}, torch {k['torch']})")
+    print(f"dense model {s['model_ms']:.3f} ms: factorisable layers {s['eligible_ms']:.3f} ms ({s['eligible_share']:.0%}), "
+          f"the rest {s['other_ms']:.3f} ms")
+    if plan is not None:
+        print(f"plan {args.plan} ({s['plan_macs_reduction']:.2f}x fewer MACs): predicted {s['predicted_ms']:.3f} ms "
+              f"({s['predicted_speedup']:.2f}x); if its layers ran at dense speed per FLOP {s['flops_bound_ms']:.3f} ms "
+              f"({s['flops_bound_speedup']:.2f}x)")
+    return 0
+
+
 def register(sub) -> None:
-    p = sub.add_parser("lut", help="latency lookup tables: build one for a model, validate it against a measurement")
+    p = sub.add_parser("lut", help="latency lookup tables: build one for a model, validate it against a measurement, show it")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     b = verbs.add_parser("build", help="measure every eligible layer (dense and factorised forms) on a rank grid")
     add_model_args(b)
@@ -68,3 +91,8 @@ def register(sub) -> None:
     v.add_argument("--device", type=device_arg, default="cpu")
     v.add_argument("--iters", type=positive_int, default=20)
     v.set_defaults(func=_cmd_validate)
+    s = verbs.add_parser("show", help="where a table's dense time goes; with --plan, its prediction and FLOPs-proportional bound (no device)")
+    s.add_argument("lut", metavar="LUT")
+    s.add_argument("--plan", default=None, help="a plan JSON for the same model (`batude plan`)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_cmd_show)

@@ -99,3 +99,23 @@ def test_lut_cli_build_and_validate(tmp_path, capsys):
     assert main(["lut", "build", "batude:resnet20", "--batch", "2", "--points", "2", "--iters", "2", "--out", str(tmp_path / "l.json")]) == 0
     assert main(["lut", "validate", str(tmp_path / "l.json"), "batude:resnet20", "--plan", str(tmp_path / "p.json"), "--iters", "3"]) == 0
     assert "predicted" in capsys.readouterr().out
+    assert main(["lut", "show", str(tmp_path / "l.json"), "--plan", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    assert "factorisable layers" in out and "at dense speed per FLOP" in out
+    assert main(["lut", "show", str(tmp_path / "l.json"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["key"]["batch"] == 2 and "flops_bound_ms" not in shown  # no plan, no bound
+
+
+def test_summary_splits_the_dense_time_and_bounds_a_plan_by_its_flops(table):
+    model, lut = table
+    s = lut.summary()
+    assert s["eligible_ms"] == pytest.approx(sum(t.dense_ms for t in lut.layers.values()))
+    assert s["eligible_ms"] + s["other_ms"] == pytest.approx(s["model_ms"]) or s["other_ms"] == 0.0
+    plan = select_ranks(model, "2x", "uniform", input_shape=(1, 1, 28, 28))
+    s = lut.summary(plan)
+    assert s["predicted_ms"] == lut.predict(plan)[0] and s["predicted_speedup"] == pytest.approx(lut.model_ms / s["predicted_ms"])
+    scaled = sum(lut.layers[l.name].dense_ms * l.macs_after / l.macs_before for l in plan.layers if l.ranks is not None)
+    kept = sum(t.dense_ms for n, t in lut.layers.items() if n not in {l.name for l in plan.layers if l.ranks is not None})
+    assert s["flops_bound_ms"] == pytest.approx(lut.other_ms + scaled + kept)
+    assert lut.other_ms < s["flops_bound_ms"] < lut.model_ms  # every factorised layer got cheaper, the rest did not
