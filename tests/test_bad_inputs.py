@@ -228,6 +228,24 @@ def _export(f: Files, *args: Any, model: Any = None) -> list:
     return [model or f.dense, "--out", f.tmp / "export", *args]
 
 
+def _resnet18_lut(f: Files) -> Path:
+    """A (tiny, fast) table of torchvision ResNet-18 at 32x32."""
+    import torchvision
+
+    from batude.bench.lut import LatencyTable
+
+    LatencyTable.build(torchvision.models.resnet18().eval(), (3, 32, 32), points=2, iters=1, warmup=0).save(f.tmp / "r18.json")
+    return f.tmp / "r18.json"
+
+
+def _resnet50_plan(f: Files) -> Path:
+    """A plan for ResNet-50, whose layer names overlap ResNet-18's with other kinds (layer1.0.conv1 is a 1x1)."""
+    import torchvision
+
+    select_ranks(torchvision.models.resnet50(), "2x", "uniform", input_shape=(1, 3, 32, 32)).save(f.tmp / "p50.json")
+    return f.tmp / "p50.json"
+
+
 def _validate(f: Files, lut: Path, plan: Path | None = None) -> list:
     return ["lut", "validate", lut, f.dense, "--plan", plan or f.plan, "--iters", "1"]
 
@@ -365,6 +383,11 @@ CASES = [
     Case("lut-for-another-model", lambda f: _validate(f, f.lut("l.json")), ("has no layer", "build one for this model")),
     Case("lut-wrong-version", lambda f: _validate(f, f.lut("l.json", version=7)),
          ("not a batude latency table of version 1", "batude lut build")),
+    Case("lut-show-plan-for-another-model", lambda f: ["lut", "show", f.lut("l.json"), "--plan", f.plan],
+         ("has no layer", "build one for this model")),
+    Case("lut-show-plan-of-another-architecture", lambda f: ["lut", "show", _resnet18_lut(f), "--plan", _resnet50_plan(f)],
+         ("does not match the table's", "the plan is for another model")),
+    Case("lut-show-missing-table", lambda f: ["lut", "show", f.tmp / "nope.json"], ("nope.json",)),
     Case("lut-build-one-point", lambda f: ["lut", "build", f.dense, "--points", "1", "--iters", "1", "--out", f.tmp / "l.json"],
          ("points >= 2", "--points 4")),
     # -------------------------------------------------------------------------------- bench options
@@ -448,5 +471,5 @@ def test_the_suite_is_comprehensive(tmp_path, shared, capsys):
     with capsys.disabled():
         print(f"\n{len(CASES)} bad-input cases ({sum(bool(c.marks) for c in CASES)} marked skip/xfail); covered: {sorted(covered)}")
     assert len(CASES) >= 30
-    assert covered >= {"inspect", "plan", "apply", "train", "compress", "bench", "lut build", "lut validate", "demo",
+    assert covered >= {"inspect", "plan", "apply", "train", "compress", "bench", "lut build", "lut validate", "lut show", "demo",
                        "batude-export", "api"}

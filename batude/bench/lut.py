@@ -209,7 +209,18 @@ class LatencyTable:
 
         Layers the plan keeps dense, and table layers the plan does not list (skipped or filtered
         out), count at their dense latency. Returns the total and the variant per factorised layer.
+
+        Raises:
+            BatudeError: a plan layer is not in the table, or is another kind of layer or has ranks
+                beyond the table's (a plan for another model).
         """
+        for layer in plan.layers:
+            table = self._layer(layer.name)
+            if layer.ranks is not None and (layer.kind.value != table.kind or len(layer.ranks) != len(table.grids)
+                                            or any(r > g[-1] for r, g in zip(layer.ranks, table.grids))):
+                raise BatudeError(f"the plan's layer '{layer.name}' ({layer.kind.value}, ranks {list(layer.ranks)}) does not match "
+                                  f"the table's ({table.kind}, full ranks {[g[-1] for g in table.grids]}): the plan is for "
+                                  "another model; make the plan for the table's model, or build one for this model with `batude lut build`")
         return predict_layers(self, plan.layers)
 
     def summary(self, plan: RankPlan | None = None) -> dict[str, Any]:
