@@ -22,8 +22,8 @@ so an experiment can be split across device sessions.
 
 ``--lut-backend triton``: the table also times each factorised conv on batude's fused Triton kernel,
 so every plan may put layers on the kernel. Lowering would drop the kernels, so the plans are timed
-unlowered (kernel layers on the kernel, the others as plain cuDNN convs) and also with the ``triton``
-backend (``fuse_resnet_``: BN folded, ReLU and residual add in the kernels' epilogues; ``uniform``
+with BatchNorm folded before factorising (kernel layers on the kernel, the others as plain cuDNN
+convs; :func:`batude.bench.lut.deployed_model`) and also with the ``triton`` backend (``fuse_resnet_``: BN folded, ReLU and residual add in the kernels' epilogues; ``uniform``
 then runs every layer on the kernel). ``vs best dense`` divides by the fastest dense backend of the
 batch (the kernels issue's baseline: cuDNN, BN folded, compiled or graphed).
 
@@ -47,7 +47,7 @@ import torch
 
 from batude.bench.backends import measure
 from batude.bench.env import environment
-from batude.bench.lut import LatencyTable
+from batude.bench.lut import LatencyTable, deployed_model
 from batude.checkpoint import load_model
 from batude.errors import BatudeError
 from batude.export.lower import apply_variants, lower
@@ -170,17 +170,21 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
     rows = []
     kernels = lut_backend == "triton"
     backends = args.backends.split(",")
-    models = {"dense": (lower(dense, shape, "chain")[0], None)}
+    models = {"dense": (lower(dense, shape, "chain")[0], None, None)}
     for name, (plan, policy) in plans.items():
-        compressed = apply_plan_(copy.deepcopy(dense), plan, init="empty")
-        if kernels:  # kernel layers stay factorised on the kernel, the table's cuDNN choices become plain convs
-            models[name] = (apply_variants(compressed, {} if policy == "chain" else plan.variants, plain=True).eval(), plan)
+        if kernels:  # kernel layers stay on the kernel, the table's cuDNN choices become plain convs, BN folded first;
+            variants = {} if policy == "chain" else plan.variants  # the triton backend fuses BN itself (fuse_resnet_)
+            fused = apply_variants(apply_plan_(copy.deepcopy(dense), plan, init="empty"), variants, plain=True).eval()
+            models[name] = (deployed_model(dense, shape, plan, variants, plain=True), fused, plan)
         else:
-            models[name] = (lower(compressed, shape, policy or _policy(plan))[0], plan)
-    for name, (model, plan) in models.items():
-        mine = backends + (["triton"] if kernels and name != "dense" and "triton" not in backends else [])
-        for r in measure(model, mine, shape[1:], [batch], dtype, args.iters, args.warmup,
-                         args.device, label=name):
+            compressed = apply_plan_(copy.deepcopy(dense), plan, init="empty")
+            models[name] = (lower(compressed, shape, policy or _policy(plan))[0], None, plan)
+    for name, (model, fused, plan) in models.items():
+        runs = [(model, [b for b in backends if b != "triton" or fused is None])]
+        if fused is not None:
+            runs.append((fused, ["triton"]))
+        for r in (r for m, mine in runs for r in measure(m, mine, shape[1:], [batch], dtype, args.iters, args.warmup,
+                                                          args.device, label=name)):
             record = plan.latency if plan else {"predicted_ms": lut.model_ms, "speedup": 1.0}
             r.update(plan=name, macs_reduction=plan.macs_reduction if plan else 1.0,
                      predicted_ms=record["predicted_ms"] if record else None,
@@ -188,9 +192,8 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
             rows.append(r)
         print(f"b{batch} {name}: measured", flush=True)
     _speedups(rows)
-    timed_as = {"triton": "cuda-graph"}.get(lut_backend, lut_backend)  # how the table timed its cells
     for r in rows:  # the table's prediction error, where the row is timed as the table was
-        if r["backend"] == timed_as and r.get("available") and r["predicted_ms"]:
+        if r["backend"] == lut.timed_with and r.get("available") and r["predicted_ms"]:
             r["prediction_error"] = (r["predicted_ms"] - r["median_ms"]) / r["median_ms"]
     return {"batch": batch, "lut_backend": lut_backend, "lut_seconds": lut_seconds, "lut_model_ms": lut.model_ms,
             **info, "rows": rows, "plans": {n: p.to_dict() for n, (p, _) in plans.items()}}

@@ -22,6 +22,7 @@ timings mean nothing).
 from __future__ import annotations
 
 import bisect
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from batude.rank.plan import RankPlan, apply_plan_
 from batude.rank.latency import predict_layers
 from batude.rank.problem import RankProblem, SelectorConfig, rank_grid
 
-__all__ = ["LatencyTable", "table_key"]
+__all__ = ["LatencyTable", "deployed_model", "table_key"]
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class LatencyTable:
             return time_callable(run, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms
 
         x = torch.randn((batch, *input_shape), device=dev, dtype=dtype)
-        model_ms = time(_as_deployed(model, (1, *input_shape), {}, backend), x, "model")
+        model_ms = time(deployed_model(model, (1, *input_shape)), x, "model")
         layers = {}
         for i, cand in enumerate(problem.candidates):
             if progress is not None:
@@ -196,6 +197,11 @@ class LatencyTable:
             raise BatudeError(f"the latency table has no layer '{name}'; it was built for another model, "
                               "build one for this model with `batude lut build`")
         return table
+
+    @property
+    def timed_with(self) -> str:
+        """The backend the cells were timed with (a ``triton`` table: CUDA graphs; eager under the CPU interpreter)."""
+        return _runner_backend(self.key.get("backend", "eager"), torch.device(self.key["device"])).value
 
     def check(self, device: str, dtype: torch.dtype, batch: int, backend: str = "eager") -> None:
         """Refuse to be used on another device, torch, dtype, batch or backend."""
@@ -245,16 +251,13 @@ class LatencyTable:
 
     def validate(self, model: nn.Module, plan: RankPlan, iters: int = 20, warmup: int = 3) -> dict[str, float]:
         """Predicted vs measured latency of ``model`` factorised by ``plan``, each layer in the table's fastest variant."""
-        import copy
-
         dev = torch.device(self.key["device"])
         dtype = getattr(torch, self.key["dtype"])
         predicted, forms = self.predict(plan)
-        compressed = apply_plan_(copy.deepcopy(model), plan, init=Init.EMPTY).eval()
         tucker = {l.name for l in plan.layers if l.ranks is not None and l.kind is LayerKind.TUCKER2}
         forms = {n: v for n, v in forms.items() if n in tucker or v == Variant.TRITON.value}
         backend = self.key.get("backend", "eager")
-        compressed = _as_deployed(compressed, (1, *self.input_shape), forms, backend).to(dev, dtype)
+        compressed = deployed_model(model, (1, *self.input_shape), plan, forms, plain=backend == "triton").to(dev, dtype)
         x = torch.randn((self.key["batch"], *self.input_shape), device=dev, dtype=dtype)
         if dev.type == "cuda":
             compressed, x = compressed.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -304,20 +307,23 @@ def _check_kernels(dev: torch.device) -> None:
                           "TRITON_INTERPRET=1, whose timings mean nothing); use --backend eager on the CPU")
 
 
-def _as_deployed(model: nn.Module, input_shape: Sequence[int], variants: dict[str, str], backend: str) -> nn.Module:
-    """``model`` as batude deploys it: ``variants`` applied and BatchNorm folded (:func:`lower`), so that a table's
-    whole-model time and its validation measure what an exported model pays (BatchNorm costs a kernel per conv).
-
-    The ``triton`` backend keeps BatchNorm unfolded and chain layers as plain convs (lowering would drop the
-    kernels); a model fx cannot trace is timed unfolded, with a warning.
+def deployed_model(dense: nn.Module, input_shape: Sequence[int], plan: RankPlan | None = None,
+                   variants: dict[str, str] | None = None, plain: bool = False) -> nn.Module:
+    """``dense`` as batude deploys it, for timing: BatchNorm folded into the convs (fx, as :func:`lower`
+    does), then factorised by ``plan`` (structure only, weights uninitialised) and each named layer
+    rebuilt as its variant (:func:`apply_variants`; ``plain``: chain layers as plain convs, so that
+    only ``triton`` layers run on the kernels). Folding before factorising keeps kernel layers intact,
+    so every backend times the same BatchNorm-free model. A model fx cannot trace keeps its BatchNorm,
+    with a warning.
     """
-    if backend == "triton":
-        return apply_variants(model, variants, plain=True)
     try:
-        return lower(model, input_shape, variants)[0]
+        model = lower(dense, input_shape, {})[0]
     except BatudeError as err:
         log.warning("timing the model with its BatchNorm unfolded: %s", err)
-        return apply_variants(model, variants)
+        model = copy.deepcopy(dense).eval()
+    if plan is not None:
+        model = apply_plan_(model, plan, init=Init.EMPTY).eval()
+    return apply_variants(model, variants or {}, plain=plain).eval()
 
 
 def _runner_backend(backend: str, dev: torch.device) -> Backend:

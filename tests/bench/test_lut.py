@@ -1,12 +1,11 @@
 """Latency lookup tables: interpolation, keying and refusal, JSON round trip, prediction vs measurement."""
 
-import copy
 import json
 
 import pytest
 import torch
 
-from batude.bench.lut import LatencyTable, LayerTable, _as_deployed, _grid
+from batude.bench.lut import LatencyTable, LayerTable, _grid, deployed_model
 from batude.cli import main
 from batude.errors import BatudeError
 from batude.models import resnet20
@@ -42,6 +41,7 @@ def test_build_covers_every_eligible_layer_and_round_trips(table, tmp_path):
     plan = select_ranks(model, "2x", "uniform", input_shape=(1, 1, 28, 28))
     assert set(lut.layers) == {l.name for l in plan.layers}
     assert lut.model_ms > 0 and all(t.dense_ms > 0 for t in lut.layers.values())
+    assert lut.timed_with == "eager"
     lut.save(tmp_path / "lut.json")
     again = LatencyTable.load(tmp_path / "lut.json")
     assert again.predict(plan) == lut.predict(plan)
@@ -72,25 +72,28 @@ def test_validate_reports_prediction_error(table):
 
 
 def test_tables_time_the_model_as_deployed_with_batchnorm_folded():
-    """The whole-model time (and validation) is of the lowered model: BatchNorm folded, same function."""
+    """Whole-model times (table and validation) are of the deployed model: BN folded first, then factorised."""
+    from batude.nn import TuckerConv2d
+
     torch.manual_seed(0)
     model = resnet20(in_channels=1).eval()
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial statistics
         bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 1, 28, 28)
-    deployed = _as_deployed(model, (1, 1, 28, 28), {}, "eager")
+    deployed = deployed_model(model, (1, 1, 28, 28))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
-    assert torch.allclose(deployed(x), model(x), atol=1e-4)
+    assert torch.allclose(deployed(x), model(x), atol=1e-4)  # folding is exact
     plan = select_ranks(model, "2x", "uniform", input_shape=(1, 1, 28, 28))
-    from batude.rank import apply_plan_
-
-    tucker = apply_plan_(copy.deepcopy(model), plan, init="decompose").eval()
-    name = next(l.name for l in plan.layers if l.kind.value == "tucker2" and l.ranks)
-    merged = _as_deployed(tucker, (1, 1, 28, 28), {name: "merge_last"}, "eager")
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in merged.modules())
-    assert torch.allclose(merged(x), tucker(x), atol=1e-4)
-    kept = _as_deployed(tucker, (1, 1, 28, 28), {}, "triton")  # lowering would drop the kernels: BN stays
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in kept.modules())
+    tucker = [l.name for l in plan.layers if l.kind.value == "tucker2" and l.ranks]
+    variants = {tucker[0]: "merge_last", tucker[1]: "triton", tucker[2]: "chain"}
+    for plain in (False, True):
+        planned = deployed_model(model, (1, 1, 28, 28), plan, variants, plain=plain)
+        modules = dict(planned.named_modules())
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in modules.values())
+        assert isinstance(modules[tucker[1]], TuckerConv2d) and modules[tucker[1]].impl == "triton"  # the kernel layer stays
+        assert not isinstance(modules[tucker[0]], TuckerConv2d)  # merged into two convs
+        assert isinstance(modules[tucker[2]], TuckerConv2d) != plain  # plain: chain layers as plain convs
+        assert planned(x).shape == model(x).shape
 
 
 def test_lut_cli_build_and_validate(tmp_path, capsys):
