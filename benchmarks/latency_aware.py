@@ -25,7 +25,8 @@ so every plan may put layers on the kernel. Lowering would drop the kernels, so 
 with BatchNorm folded before factorising (kernel layers on the kernel, the others as plain cuDNN
 convs; :func:`batude.bench.lut.deployed_model`) and also with the ``triton`` backend (``fuse_resnet_``: BN folded, ReLU and residual add in the kernels' epilogues; ``uniform``
 then runs every layer on the kernel). ``vs best dense`` divides by the fastest dense backend of the
-batch (the kernels issue's baseline: cuDNN, BN folded, compiled or graphed).
+batch (the kernels issue's baseline: cuDNN, BN folded, compiled or graphed; on CUDA the dense model
+is also timed compiled and graphed, ``--dense-backends compile-graph``).
 
     python benchmarks/latency_aware.py --out bench_latency_aware                         # GPU (H100/H200)
     python benchmarks/latency_aware.py --device cpu --dtype fp32 --batches 8 --input 3,64,64 \\
@@ -68,6 +69,9 @@ def _args(argv=None):
     p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
     p.add_argument("--device", default="cuda")
     p.add_argument("--backends", default="cuda-graph,compile")
+    p.add_argument("--dense-backends", default=None,
+                   help="more backends for the dense model only, for the 'vs best dense' baseline "
+                        "(default on CUDA: compile-graph, the fastest dense measured on the H100)")
     p.add_argument("--lut-backend", default=None, help="eager, cuda-graph or triton (default: cuda-graph on CUDA)")
     p.add_argument("--points", type=int, default=5, help="latency-table grid points per rank")
     p.add_argument("--lut-dir", default=None,
@@ -179,8 +183,10 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
         else:
             compressed = apply_plan_(copy.deepcopy(dense), plan, init="empty")
             models[name] = (lower(compressed, shape, policy or _policy(plan))[0], None, plan)
+    extra = args.dense_backends if args.dense_backends is not None else ("compile-graph" if args.device == "cuda" else "")
     for name, (model, fused, plan) in models.items():
-        runs = [(model, [b for b in backends if b != "triton" or fused is None])]
+        mine = backends + [b for b in extra.split(",") if b and b not in backends] if name == "dense" else backends
+        runs = [(model, [b for b in mine if b != "triton" or fused is None])]
         if fused is not None:
             runs.append((fused, ["triton"]))
         for r in (r for m, mine in runs for r in measure(m, mine, shape[1:], [batch], dtype, args.iters, args.warmup,

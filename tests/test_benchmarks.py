@@ -88,9 +88,11 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     again = tmp_path / "again"
     argv = ["--device", "cpu", "--dtype", "fp32", "--batches", "2", "--backends", "eager", "--points", "2", "--iters", "3",
             "--warmup", "1", "--lut-dir", str(tmp_path)]
-    assert bench.main([*argv, "--input", "3,32,32", "--out", str(again)]) == 0
+    assert bench.main([*argv, "--input", "3,32,32", "--dense-backends", "compile-graph", "--out", str(again)]) == 0
     (reused,) = json.loads((again / "latency_aware.json").read_text())["batches"]
     assert reused["lut_seconds"] is None and reused["plans"]["oracle"] == batch["plans"]["oracle"]
+    graphed = [r for r in reused["rows"] if r["backend"] == "compile-graph"]  # a dense-only baseline backend
+    assert [r["plan"] for r in graphed] == ["dense"] and not graphed[0]["available"] and "CUDA GPU" in graphed[0]["reason"]
     with pytest.raises(BatudeError, match="measured at input"):
         bench.main([*argv, "--input", "3,16,16", "--out", str(tmp_path / "other")])
 

@@ -1,4 +1,4 @@
-"""Latency backends behind one interface: eager, CUDA-graph replay, torch.compile, onnxruntime, TensorRT, Triton.
+"""Latency backends behind one interface: eager, CUDA graphs, torch.compile (plain or graphed), onnxruntime, TensorRT, Triton.
 
 :func:`make_runner` prepares a model for one backend, batch and dtype and returns a zero-argument
 callable that runs one batch with its inputs already in place (no host-device copies inside the
@@ -36,6 +36,7 @@ class Backend(str, enum.Enum):
     EAGER = "eager"
     CUDA_GRAPH = "cuda-graph"
     COMPILE = "compile"
+    COMPILE_GRAPH = "compile-graph"
     ORT = "onnxruntime"
     TRT = "tensorrt"
     TRITON = "triton"
@@ -56,7 +57,7 @@ class Runner:
 
 
 def _device_for(backend: Backend, device: str | None) -> torch.device:
-    if backend in (Backend.CUDA_GRAPH, Backend.TRT, Backend.TRITON) or device == "cuda":
+    if backend in (Backend.CUDA_GRAPH, Backend.COMPILE_GRAPH, Backend.TRT, Backend.TRITON) or device == "cuda":
         if not torch.cuda.is_available():
             raise BackendUnavailable(f"{backend.value} needs a CUDA GPU; none is available here")
         return torch.device("cuda")
@@ -64,21 +65,29 @@ def _device_for(backend: Backend, device: str | None) -> torch.device:
 
 
 def torch_runner(model: nn.Module, x: torch.Tensor, backend: Backend) -> Callable[[], object]:
-    """A no-argument callable running ``model(x)`` eagerly, compiled, or as a replayed CUDA graph."""
+    """A no-argument callable running ``model(x)`` eagerly, compiled, or as a replayed CUDA graph.
+
+    ``compile-graph``: ``torch.compile`` with weights frozen as constants (inference), its output
+    replayed as a CUDA graph: what a server that compiles and graphs its model runs, and on an H100
+    the fastest dense ResNet-18 measured (BENCHMARKS.md).
+    """
     if backend is Backend.EAGER:
         return lambda: model(x)
     if backend is Backend.COMPILE:
         compiled = torch.compile(model)
         return lambda: compiled(x)
-    stream = torch.cuda.Stream()  # cuda-graph and triton: warm up on a side stream, capture, replay
+    fn = model
+    if backend is Backend.COMPILE_GRAPH:
+        fn = torch.compile(model, dynamic=False, options={"freezing": True})
+    stream = torch.cuda.Stream()  # graphed backends: warm up (compile, autotune) on a side stream, capture, replay
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.inference_mode():
         for _ in range(3):
-            model(x)
+            fn(x)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.inference_mode():
-        model(x)
+        fn(x)
     return graph.replay
 
 

@@ -35,14 +35,16 @@ def test_densify_is_the_same_function_at_dense_cost(compressed):
 
 def test_measure_reports_available_and_unavailable_backends(compressed):
     pytest.importorskip("onnxruntime")
-    rows = measure(compressed[0], ["eager", "onnxruntime", "cuda-graph", "tensorrt"], SHAPE, [1, 4], iters=3, warmup=1, label="c")
+    rows = measure(compressed[0], ["eager", "onnxruntime", "cuda-graph", "compile-graph", "tensorrt"], SHAPE, [1, 4],
+                   iters=3, warmup=1, label="c")
     by = {(r["backend"], r["batch"]): r for r in rows}
     for backend in ("eager", "onnxruntime"):
         for batch in (1, 4):
             r = by[(backend, batch)]
             assert r["available"] and r["n"] == 3 and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
     if not torch.cuda.is_available():
-        assert not by[("cuda-graph", 1)]["available"] and "CUDA GPU" in by[("cuda-graph", 1)]["reason"]
+        for graphed in ("cuda-graph", "compile-graph"):
+            assert not by[(graphed, 1)]["available"] and "CUDA GPU" in by[(graphed, 1)]["reason"]
         assert not by[("tensorrt", 1)]["available"]
 
 
