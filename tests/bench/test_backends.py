@@ -109,3 +109,12 @@ def test_bench_cli_per_layer(compressed, tmp_path, capsys):
     assert main(["bench", str(ckpt), "--per-layer", "--iters", "2", "--warmup", "1", "--out", str(tmp_path / "b")]) == 0
     assert "| layer1.0.conv1 |" in capsys.readouterr().out
     assert json.loads((tmp_path / "b" / "latency.json").read_text())["layers"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphed_backends_run_on_the_gpu(compressed):
+    """The graphed backends (compile-graph compiles with frozen weights first) time fp16 batches on the GPU."""
+    rows = measure(compressed[0], ["eager", "cuda-graph", "compile-graph"], SHAPE, [1, 8], torch.float16, iters=5,
+                   warmup=2, device="cuda", label="c")
+    assert len(rows) == 6 and all(r["available"] and r["median_ms"] > 0 for r in rows), [r.get("reason") for r in rows]
