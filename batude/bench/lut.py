@@ -3,8 +3,8 @@
 ``LatencyTable.build`` times, for every eligible layer of a dense model at its real input shape,
 the dense layer and each exact form of its factorisation (Tucker-2: chain, merge_first,
 merge_last; 1x1/Linear: the two-layer product) on a grid of aligned ranks, plus the rest of the
-model (whole dense latency minus its eligible layers). Whole models are timed as deployed: lowered,
-BatchNorm folded (except on the ``triton`` backend, see below). ``predict`` interpolates bilinearly between
+model (whole dense latency minus its eligible layers). Whole models are timed as deployed, with
+BatchNorm folded (:func:`deployed_model`). ``predict`` interpolates bilinearly between
 grid points (clamped at the grid's ends). A table is keyed by device, torch version, dtype, batch
 and backend, and refuses to be used elsewhere. ``validate`` compares its prediction for a plan
 with the measured latency of the factorised model.
@@ -13,7 +13,7 @@ Backends: ``eager`` (modules called from Python), ``cuda-graph`` (each module ca
 replayed) and ``triton``: CUDA graphs, plus each factorised 1x1/kxk conv on batude's fused Triton
 kernel (:mod:`batude.kernels`, ``impl="triton"``) as one more variant, so that rank selection may
 choose the kernel layer by layer. Grid points the kernel cannot run (padded ranks above 512) are
-``null`` and never chosen. A kernel table times layers alone: the BatchNorm/ReLU/residual epilogue
+``null`` and never chosen. A kernel table times layers alone: the ReLU/residual-add epilogue
 fusion of ``bench --backend triton`` (``fuse_resnet_``) is a further saving it does not predict.
 On the CPU a ``triton`` table can only be built under ``TRITON_INTERPRET=1`` (tests; interpreted
 timings mean nothing).
