@@ -30,9 +30,16 @@ _TUCKER2 = [
     (32, 64, 64, 1, 4, 3), (32, 64, 64, 3, 4, 3),
     (64, 64, 64, 1, 4, 3), (64, 64, 128, 1, 8, 3), (64, 32, 64, 1, 8, 4),
     (128, 32, 64, 1, 8, 3),
+    # 8 warps for large accumulators (R1p >= 256: BLOCK_M * R1p >= 8192). Before these, R1p = 256 kept
+    # only BLOCK_M = 16 candidates (shared memory and the warp rule pruned the rest), and those
+    # layers ran 0.53-0.86x of the cuDNN chain on an H100 (BENCHMARKS.md).
+    (16, 64, 64, 1, 8, 2), (16, 32, 64, 9, 8, 2), (32, 64, 64, 1, 8, 3), (32, 32, 64, 3, 8, 2),
+    (64, 64, 64, 1, 8, 2), (64, 32, 64, 1, 8, 3),
 ]
+_LARGE_ACC = 8192  # BLOCK_M * R1p from which a program needs 8 warps; 8-warp tiles of BLOCK_M < 64 only from half that
 # (BLOCK_M, BLOCK_C, BLOCK_S, num_warps, num_stages)
-_LOWRANK = [(16, 64, 64, 4, 2), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 32, 128, 8, 3), (128, 32, 64, 8, 3)]
+_LOWRANK = [(16, 64, 64, 4, 2), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 32, 128, 8, 3), (128, 32, 64, 8, 3),
+            (16, 64, 64, 8, 2), (32, 64, 64, 8, 3), (64, 32, 64, 8, 2)]  # 8 warps for R1p >= 256, as for tucker2
 # (BLOCK_M, BLOCK_N, BLOCK_C, num_warps, num_stages)
 _POINTWISE = [(64, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 128, 64, 4, 3)]
 
@@ -73,9 +80,16 @@ def _fits_shared(rp: int, block_s: int, stages: int, element_size: int) -> bool:
     return block_s <= 64 and stages <= (3 if element_size <= 2 else 2)
 
 
+def _warps_ok(bm: int, rp: int, warps: int) -> bool:
+    """The ``[BLOCK_M, R1p]`` fp32 accumulator fits (at most ``_MAX_ACC``), with 8 warps where it is large
+    and not on small tiles (8 warps on a tile of BLOCK_M < 64 and under 4096 accumulators idle)."""
+    acc = bm * rp
+    return acc <= _MAX_ACC and not (acc >= _LARGE_ACC and warps < 8) and not (acc < _LARGE_ACC // 2 and warps > 4 and bm < 64)
+
+
 def _tucker2_ok(bm: int, bk: int, split: int, warps: int, a: dict) -> bool:
     m, rp, sms = a["M"], a["RP"], num_sms()
-    if bm * rp > _MAX_ACC or (bm * rp >= 8192 and warps < 8):
+    if not _warps_ok(bm, rp, warps):
         return False
     tiles = _cdiv(m, bm)
     if split > 1 and (m > SPLIT_K_MAX_ROWS or tiles * 2 > sms or split > a["KH"] * a["KW"] * _cdiv(a["RK"], bk)):
@@ -114,7 +128,7 @@ def _prune_lowrank(configs, named_args, **kwargs):
         kw = dict(cfg.kwargs)
         kw["BLOCK_C"] = min(kw["BLOCK_C"], _clamp_pow2(a["C"], 16, 64))
         bm = kw["BLOCK_M"]
-        if bm * a["RP"] > _MAX_ACC or (bm * a["RP"] >= 8192 and cfg.num_warps < 8):
+        if not _warps_ok(bm, a["RP"], cfg.num_warps):
             continue
         if (bm <= 16 and _cdiv(a["M"], 64) >= 2 * num_sms()) or (bm >= 128 and _cdiv(a["M"], 128) < num_sms()):
             continue
@@ -153,7 +167,7 @@ def heuristic_tucker2(m: int, c: int, rk: int, rp: int, taps: int, interpret: bo
     tiles, steps = _cdiv(m, bm), taps * _cdiv(rk, bk)
     split = 1 if (m > SPLIT_K_MAX_ROWS or tiles * 2 > sms) else max(1, min(steps, sms // tiles, 9))
     return dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, SPLIT_K=split,
-                num_warps=8 if bm * rp >= 8192 else 4, num_stages=2)
+                num_warps=8 if bm * rp >= _LARGE_ACC else 4, num_stages=2)
 
 
 def heuristic_lowrank(m: int, c: int, rp: int, interpret: bool) -> dict:
@@ -162,7 +176,7 @@ def heuristic_lowrank(m: int, c: int, rp: int, interpret: bool) -> dict:
     sms = num_sms()
     bm = min(64 if m >= 64 * sms else (32 if m >= 16 * sms else 16), _MAX_ACC // rp)
     # 2 stages from R1p = 256 on: 3 overflow shared memory in fp32 at R1p = 512 (kernels_aot.py)
-    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, num_warps=8 if bm * rp >= 8192 else 4,
+    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, num_warps=8 if bm * rp >= _LARGE_ACC else 4,
                 num_stages=2 if rp >= 256 else 3)
 
 

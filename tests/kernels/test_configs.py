@@ -130,3 +130,21 @@ def test_auto_mode_heuristic_follows_the_h100_measurements(n, c, hw, k, mode):
 
     geo = (n, c, hw, hw, hw, hw, k, k, c // 2, c // 2, c, (1, 1))
     assert tucker2._guess(geo) == mode
+
+
+@pytest.mark.parametrize("m", [49, 64 * 49, 64 * 196], ids=["b1-7²", "b64-7²", "b64-14²"])
+def test_large_ranks_get_tiles_beyond_16_rows_with_8_warps(m):
+    """R1p = 256 once kept only BLOCK_M = 16 candidates; those layers were the H100's slowest (0.53-0.86x of cuDNN)."""
+    import triton
+
+    from batude.kernels import _configs
+
+    kept = _configs._prune_tucker2(_tucker2_candidates(), _args(m, 512, 256, 256))
+    assert any(c.kwargs["BLOCK_M"] >= 32 and c.num_warps == 8 for c in kept)
+    assert all(c.num_warps == 8 for c in kept if c.kwargs["BLOCK_M"] * 256 >= 8192)
+    lowrank = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st)
+               for bm, bc, bs, w, st in _configs._LOWRANK]
+    kept = _configs._prune_lowrank(lowrank, {"M": m, "C": 512, "RP": 256})
+    assert any(c.kwargs["BLOCK_M"] >= 32 and c.num_warps == 8 for c in kept)
+    small = _configs._prune_tucker2(_tucker2_candidates(), _args(m, 64, 32, 32))
+    assert not any(c.num_warps == 8 and c.kwargs["BLOCK_M"] < 64 for c in small)  # 8 warps only where tiles are big
