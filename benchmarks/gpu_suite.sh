@@ -17,8 +17,10 @@
 #                                                      #   (PART=latency already times compile)
 #   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels: ResNet-18
 #                                                      #   b64 (100 s); BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
-#   PART=accuracy bash benchmarks/gpu_suite.sh         # dense 30 epochs + BATUDE vs baselines 2.5x/4x    (~7 min?)
-#   PART=accuracy SEEDS=1 bash benchmarks/gpu_suite.sh # the second seed, a later session
+#   PART=accuracy BUDGETS=2.5x bash ...                # dense 30 epochs + BATUDE vs uniform/energy/VBMF at 2.5x,
+#                                                      #   10+10 epochs each (~6-8 min?: 190 epochs at ~2-3 s?)
+#   PART=accuracy BUDGETS=4x DENSE=<dense/model.pt> ... # the same at 4x on the dense model a session committed
+#   PART=accuracy SEEDS=1 DENSE=... bash ...           # the second seed, later sessions
 #   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
 #                                                      #   trains the dense model first when DENSE is not given)
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
@@ -66,16 +68,19 @@ fi
 if has kernel-plans; then  # issue 7's kernel goals: >= 2.0x (b64) / >= 1.6x (b1) faster than the best dense backend
   if [ "${SMOKE:-0}" = 1 ]; then  # the interpreter: a small CIFAR ResNet-20 at 16x16
     KP="--device cpu --dtype fp32 --batches 1 --model batude:resnet20 --input 3,16,16 --backends eager --lut-backend triton --points 2 --iters 1 --warmup 0"; else
-    KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends cuda-graph,compile --model ${MODEL:-resnet18} --flops ${FLOPS:-2.52x}"; fi
+    KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends cuda-graph --model ${MODEL:-resnet18} --flops ${FLOPS:-2.52x}"; fi
   python3 benchmarks/latency_aware.py $KP $LUTS --out "$OUT/latency_aware_triton"
 fi
-if has latency-accuracy; then  # issue 7: at equal measured latency, the latency budget vs the FLOPs budget (accuracy)
+dense_model() {  # DENSE: the given Fashion-MNIST ResNet-20 checkpoint, else one trained here (kept under $OUT/dense)
   DENSE=${DENSE:-}
-  if [ -z "$DENSE" ] || [ ! -f "$DENSE" ]; then  # no dense model from an earlier PART=accuracy: train one
+  if [ -z "$DENSE" ] || [ ! -f "$DENSE" ]; then
     python3 -m batude train --model resnet20 --data fashion-mnist --data-dir "$DATA" $SUBSET --epochs "$DENSE_EPOCHS" \
       --device "$DEVICE" --workers "$WORKERS" --out "$OUT/dense"
-    DENSE="$OUT/dense/model.pt"; rm -f "$OUT"/dense/state.pt
+    DENSE="$OUT/dense/model.pt"; rm -f "$OUT"/dense/state.pt  # large; the checkpoint and log stay
   fi
+}
+if has latency-accuracy; then  # issue 7: at equal measured latency, the latency budget vs the FLOPs budget (accuracy)
+  dense_model
   if [ "${SMOKE:-0}" = 1 ]; then LA="--device cpu --dtype fp32 --batch 8 --points 2 --iters 3"; else
     LA="--device cuda --dtype fp16 --lut-backend cuda-graph --batch 64"; fi
   python3 benchmarks/latency_budget_accuracy.py --dense "$DENSE" --out "$OUT/latency_budget_accuracy" --data-dir "$DATA" \
@@ -85,10 +90,8 @@ if has tests; then
   python3 -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests --ignore=tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt" || true
 fi
 if has accuracy; then  # issue 3: dense ResNet-20 on Fashion-MNIST, then BATUDE vs uniform/energy/VBMF at equal epochs
-  python3 -m batude train --model resnet20 --data fashion-mnist --data-dir "$DATA" $SUBSET --epochs "$DENSE_EPOCHS" \
-    --device "$DEVICE" --workers "$WORKERS" --out "$OUT/dense"
-  python3 benchmarks/accuracy_vs_budget.py --dense "$OUT/dense/model.pt" --out "$OUT/accuracy" --data-dir "$DATA" $SUBSET \
+  dense_model
+  python3 benchmarks/accuracy_vs_budget.py --dense "$DENSE" --out "$OUT/accuracy" --data-dir "$DATA" $SUBSET \
     --budgets "${BUDGETS:-2.5x,4x}" --seeds "${SEEDS:-0}" --epochs-admm "$ADMM" --epochs-ft "$FT" --updates-per-epoch 4 \
     --device "$DEVICE" --workers "$WORKERS"
-  rm -f "$OUT"/dense/state.pt  # large; the checkpoint and log stay
 fi
