@@ -23,8 +23,9 @@ so an experiment can be split across device sessions.
 ``--lut-backend triton``: the table also times each factorised conv on batude's fused Triton kernel,
 so every plan may put layers on the kernel. Lowering would drop the kernels, so the plans are timed
 with BatchNorm folded before factorising (kernel layers on the kernel, the others as plain cuDNN
-convs; :func:`batude.bench.lut.deployed_model`) and also with the ``triton`` backend (``fuse_resnet_``: BN folded, ReLU and residual add in the kernels' epilogues; ``uniform``
-then runs every layer on the kernel). ``vs best dense`` divides by the fastest dense backend of the
+convs; :func:`batude.bench.lut.deployed_model`) and also with the ``triton`` backend
+(``fuse_resnet_``: BN folded, ReLU and residual add in the kernels' epilogues; ``uniform`` then
+runs every layer on the kernel). ``vs best dense`` divides by the fastest dense backend of the
 batch (the kernels issue's baseline: cuDNN, BN folded, compiled or graphed; on CUDA the dense model
 is also timed compiled and graphed, ``--dense-backends compile-graph``).
 
@@ -189,8 +190,8 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
         runs = [(model, [b for b in mine if b != "triton" or fused is None])]
         if fused is not None:
             runs.append((fused, ["triton"]))
-        for r in (r for m, mine in runs for r in measure(m, mine, shape[1:], [batch], dtype, args.iters, args.warmup,
-                                                          args.device, label=name)):
+        for r in (r for m, names in runs for r in measure(m, names, shape[1:], [batch], dtype, args.iters, args.warmup,
+                                                           args.device, label=name)):
             record = plan.latency if plan else {"predicted_ms": lut.model_ms, "speedup": 1.0}
             r.update(plan=name, macs_reduction=plan.macs_reduction if plan else 1.0,
                      predicted_ms=record["predicted_ms"] if record else None,
