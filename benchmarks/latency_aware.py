@@ -214,7 +214,7 @@ def _speedups(rows: list[dict]) -> None:
     graphed = next((r for r in rows if r["plan"] == "dense" and r["backend"] == "cuda-graph" and r.get("available")), None)
     for backend in {r["backend"] for r in rows}:
         mine = {r["plan"]: r for r in rows if r["backend"] == backend and r.get("available")}
-        base = mine.get("dense", graphed)  # the triton backend's dense is cuDNN in a CUDA graph
+        base = mine.get("dense", graphed if backend == "triton" else None)  # triton's dense: cuDNN in a CUDA graph
         if base is None:
             continue
         for r in mine.values():

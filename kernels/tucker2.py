@@ -212,37 +212,41 @@ def _run(mode: str, x, u_in, core, u_out, eps, geo, config: dict | None) -> torc
     return out
 
 
+class _CaptureFailed(RuntimeError):
+    """A mode could not be captured in a CUDA graph, so it cannot be timed as a graphed model runs it."""
+
+
 def _time_ms(fn, calls: int = 10, replays: int = 3) -> float:
     """GPU milliseconds per call of ``fn``, from replaying a CUDA graph of ``calls`` calls: what a graphed model pays.
 
     Timing eager calls would measure Python's launch overhead instead (tens of microseconds per Triton
     launch, as long as these kernels run), which favoured the one-kernel ``fused`` mode: on an H100
     ``auto`` picked it for 13 of 14 ResNet-18 shapes, 10 of them where ``split`` ran faster in CUDA
-    graphs (up to 2x; BENCHMARKS.md, kernels). Falls back to eager timing where capture fails.
+    graphs (up to 2x; BENCHMARKS.md, kernels).
+
+    Raises:
+        _CaptureFailed: the capture was refused; the caller's stream is current again.
     """
+    caller = torch.cuda.current_stream()
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
+    stream.wait_stream(caller)
     with torch.cuda.stream(stream):
         fn()  # autotuning and workspace allocation happen here, outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    try:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+    caller.wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:  # thread_local: a capture here must not fail CUDA calls of other threads (data loaders, servers)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             for _ in range(calls):
                 fn()
+    except RuntimeError as err:
+        torch.cuda.set_stream(caller)  # a failed capture_end leaves the capture stream current
+        raise _CaptureFailed(str(err)) from err
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(replays):
         graph.replay()
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-    except RuntimeError as err:  # capture refused (a caller's stream state, an allocator mode)
-        log.debug("tucker2 auto mode: timing eagerly, CUDA-graph capture failed: %s", err)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(calls * replays):
-            fn()
-        end.record()
+    end.record()
     end.synchronize()
     return start.elapsed_time(end) / (calls * replays)
 
@@ -282,7 +286,11 @@ def _auto_mode(x: torch.Tensor, geo: tuple, run) -> str:
     guess = _guess(geo)
     if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return guess
-    times = {mode: _time_ms(lambda: run(mode)) for mode in ("fused", "split")}
+    try:
+        times = {mode: _time_ms(lambda: run(mode)) for mode in ("fused", "split")}
+    except _CaptureFailed as err:  # both graphed or neither: eager times would favour fused again
+        log.debug("tucker2 auto mode for %s: CUDA-graph timing failed (%s); using the heuristic", key, err)
+        times = {guess: 0.0}
     _AUTO_CHOICE[key] = min(times, key=times.get)
     log.debug("tucker2 auto mode for %s: %s (%s)", key, _AUTO_CHOICE[key], times)
     return _AUTO_CHOICE[key]

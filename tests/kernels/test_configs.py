@@ -148,3 +148,26 @@ def test_large_ranks_get_tiles_beyond_16_rows_with_8_warps(m):
     assert any(c.kwargs["BLOCK_M"] >= 32 and c.num_warps == 8 for c in kept)
     small = _configs._prune_tucker2(_tucker2_candidates(), _args(m, 64, 32, 32))
     assert not any(c.num_warps == 8 and c.kwargs["BLOCK_M"] < 64 for c in small)  # 8 warps only where tiles are big
+
+
+def test_auto_mode_times_both_modes_and_falls_back_to_the_heuristic_when_capture_fails(monkeypatch):
+    """The mode choice logic around the (GPU-only) CUDA-graph timing: the faster mode, or the guess, cached per shape."""
+    from types import SimpleNamespace
+
+    from batude.kernels import tucker2
+
+    x = SimpleNamespace(device=SimpleNamespace(type="cuda", index=0), dtype="fp16")
+    monkeypatch.setattr(tucker2.torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(tucker2, "_AUTO_CHOICE", {})
+    geo = (64, 512, 7, 7, 7, 7, 3, 3, 256, 256, 512, (1, 1))  # the guess: split
+    monkeypatch.setattr(tucker2, "_time_ms", lambda fn: fn())
+    assert tucker2._auto_mode(x, geo, lambda mode: {"fused": 1.0, "split": 2.0}[mode]) == "fused"  # measured beats the guess
+    assert tucker2._auto_mode(x, geo, lambda mode: pytest.fail("timed twice")) == "fused"  # cached per shape
+
+    def refuse(fn):
+        raise tucker2._CaptureFailed("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(tucker2, "_time_ms", refuse)
+    other = (1, 64, 56, 56, 56, 56, 3, 3, 32, 32, 64, (1, 1))  # the guess: fused
+    assert tucker2._auto_mode(x, other, lambda mode: None) == "fused"
+    assert tucker2._AUTO_CHOICE[tucker2._auto_key(x, other)] == "fused"
