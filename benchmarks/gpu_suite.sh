@@ -12,11 +12,13 @@
 #   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (8 xdist workers, 100 s)
 #                                                      #   + kernels_vs_cudnn.py (82 s)                   (~3.5 min)
 #   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs and compile,
-#                                                      #   b64/b1) + latency_vs_flops ResNet-18 2.52x      (~1.5 min)
+#                                                      #   b64/b1) + latency_vs_flops ResNet-18 2.52x      (82 s; ~2-3 min?
+#                                                      #   since dense is also timed compile-graph)
 #   PART=compile bash benchmarks/gpu_suite.sh          # the latency-aware comparison under torch.compile only
 #                                                      #   (PART=latency already times compile)
 #   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels: ResNet-18
 #                                                      #   b64 (100 s); BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
+#                                                      #   (then with compile rows, now with dense compile-graph instead)
 #   PART=accuracy BUDGETS=2.5x bash ...                # dense 30 epochs + BATUDE vs uniform/energy/VBMF at 2.5x,
 #                                                      #   10+10 epochs each (~6-8 min?: 190 epochs at ~2-3 s?)
 #   PART=accuracy BUDGETS=4x DENSE=<dense/model.pt> ... # the same at 4x on the dense model a session committed
