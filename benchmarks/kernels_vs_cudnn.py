@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from batude._io import write_text_atomic
+from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
 from batude.bench.timing import time_callable
 from batude.nn import TuckerConv2d
@@ -64,25 +65,13 @@ def _args(argv=None):
     return p.parse_args(argv)
 
 
-def _runner(fn, device: torch.device, graph: bool):
-    """``fn`` itself, or a CUDA-graph replay of it (warmed up on a side stream: autotuning happens there)."""
-    if not graph:
-        return fn
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.inference_mode():
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g), torch.inference_mode():
-        fn()
-    return g.replay
-
-
-def _time(fn, args, device, batch, label) -> dict:
+def _time(fn, x, args, device, batch, label, compile_: bool = False) -> dict:
+    """Time ``fn(x)``: on CUDA replayed as a CUDA graph (compiled first with ``compile_``), eagerly on the CPU."""
     graph = device.type == "cuda"
-    stats = time_callable(_runner(fn, device, graph), iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label)
+    backend = (Backend.COMPILE_GRAPH if compile_ else Backend.CUDA_GRAPH) if graph else Backend.EAGER
+    with torch.inference_mode():
+        run = torch_runner(fn, x, backend)  # warm-up (autotuning, compiling) on a side stream, then capture
+    stats = time_callable(run, iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label)
     return {**stats.to_dict(), "cuda_graph": graph}
 
 
@@ -110,17 +99,17 @@ def layer_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
             p = pack_tucker2(chain.first.weight, chain.core.weight, chain.last.weight)
 
             def kernel(mode):
-                return lambda: tucker2_conv(x, p.u_in, p.core, p.u_out, stride=stride, padding=1, mode=mode)
+                return lambda t: tucker2_conv(t, p.u_in, p.core, p.u_out, stride=stride, padding=1, mode=mode)
 
             want = chain(x)
-            fns = {"dense": lambda: dense(x), "chain": lambda: chain(x), "fused": kernel("fused"), "split": kernel("split")}
+            fns = {"dense": dense, "chain": chain, "fused": kernel("fused"), "split": kernel("split")}
             timed = {}
             for variant, fn in fns.items():
-                row = {**base, "variant": variant, **_time(fn, args, device, batch, f"{variant} {c}->{s} {h}² b{batch}")}
+                row = {**base, "variant": variant, **_time(fn, x, args, device, batch, f"{variant} {c}->{s} {h}² b{batch}")}
                 if variant in ("fused", "split"):
-                    row["rel_err_vs_chain"] = _rel(fn(), want)
+                    row["rel_err_vs_chain"] = _rel(fn(x), want)
                 timed[variant] = row
-            kernel("auto")()
+            kernel("auto")(x)
             auto, measured = t2.auto_choice(x, p.core, p.u_out, stride=stride, padding=1)
             for variant, row in timed.items():
                 row["speedup_vs_chain"] = timed["chain"]["median_ms"] / row["median_ms"]
@@ -148,13 +137,6 @@ def _model_pair(smoke: bool):
     plan = select_ranks(dense, budget, "uniform", input_shape=(1, *shape))
     tucker = apply_plan_(copy.deepcopy(dense), plan, init="empty").eval()
     return dense, tucker, shape, f"{name} uniform {budget}"
-
-
-def _compiled(model, x):
-    fn = torch.compile(model, dynamic=False, options={"freezing": True})  # weights become constants
-    with torch.inference_mode():
-        fn(x)  # compile now, outside the timing
-    return fn
 
 
 @torch.inference_mode()
@@ -188,10 +170,9 @@ def model_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
             if clock.over():
                 rows.append({**base, "skipped": "time budget"})
                 continue
-            fn = _compiled(model, x) if compile_ else model
-            row = {**base, **_time(lambda: fn(x), args, device, batch, f"{model_name} {backend} b{batch}")}
+            row = {**base, **_time(model, x, args, device, batch, f"{model_name} {backend} b{batch}", compile_)}
             if model_name != "dense":
-                row["rel_err_vs_chain"] = _rel(fn(x), want)
+                row["rel_err_vs_chain"] = _rel(model(x), want)  # the eager model (compile rows: before compiling)
             rows.append(row)
             print(f"model {model_name} {backend} b{batch}: {row['median_ms']:.4f} ms", flush=True)
     for batch in batches:
