@@ -91,6 +91,11 @@ def save(
         torch.save(payload, tmp)
 
 
+# What zipfile raises on a damaged archive: a bad central directory or entry (BadZipFile), a short read
+# (EOFError, OSError), a mangled header field (ValueError), an unknown compression method (NotImplementedError).
+_ZIP_DAMAGE = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError)
+
+
 def _check_zip(path: Path) -> None:
     """torch's zip reader does not verify CRCs: a file damaged inside its tensor data would load silently."""
     if not zipfile.is_zipfile(path):
@@ -98,9 +103,7 @@ def _check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    # what zipfile raises on damage: a bad central directory or entry (BadZipFile), a short read (EOFError,
-    # OSError), a mangled header field (ValueError), an unknown compression method (NotImplementedError)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+    except _ZIP_DAMAGE as err:
         bad = f"({type(err).__name__})"
     if bad is not None:
         raise BatudeError(f"{path} is corrupt: {bad} fails its checksum; copy the file again or re-save the model")
