@@ -52,8 +52,7 @@ from batude.bench.env import environment
 from batude.bench.lut import LatencyTable, deployed_model
 from batude.checkpoint import load_model
 from batude.errors import BatudeError
-from batude.export.lower import apply_variants, lower
-from batude.functional.cost import LayerKind
+from batude.export.lower import apply_variants
 from batude.rank import apply_plan_, select_ranks
 from batude.rank.bcadl import BCADL, BCADLConfig
 from batude.rank.budget import Budget, Metric
@@ -84,12 +83,6 @@ def _args(argv=None):
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
-
-
-def _policy(plan) -> dict[str, str]:
-    """The table's variant per Tucker layer (low-rank 1x1/Linear layers have one form)."""
-    tucker = {l.name for l in plan.layers if l.ranks is not None and l.kind is LayerKind.TUCKER2}
-    return {name: v for name, v in plan.variants.items() if name in tucker}
 
 
 def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int):
@@ -175,15 +168,15 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
     rows = []
     kernels = lut_backend == "triton"
     backends = args.backends.split(",")
-    models = {"dense": (lower(dense, shape, "chain")[0], None, None)}
+    models = {"dense": (deployed_model(dense, shape), None, None)}
     for name, (plan, policy) in plans.items():
-        if kernels:  # kernel layers stay on the kernel, the table's cuDNN choices become plain convs, BN folded first;
-            variants = {} if policy == "chain" else plan.variants  # the triton backend fuses BN itself (fuse_resnet_)
+        # BN folded, each layer in the table's variant; with kernels, kernel layers stay on the kernel and the
+        # table's cuDNN choices become plain convs, and the triton backend gets the unfolded model (fuse_resnet_)
+        variants = {} if policy == "chain" else plan.variants
+        fused = None
+        if kernels:
             fused = apply_variants(apply_plan_(copy.deepcopy(dense), plan, init="empty"), variants, plain=True).eval()
-            models[name] = (deployed_model(dense, shape, plan, variants, plain=True), fused, plan)
-        else:
-            compressed = apply_plan_(copy.deepcopy(dense), plan, init="empty")
-            models[name] = (lower(compressed, shape, policy or _policy(plan))[0], None, plan)
+        models[name] = (deployed_model(dense, shape, plan, variants, plain=kernels), fused, plan)
     extra = args.dense_backends if args.dense_backends is not None else ("compile-graph" if args.device == "cuda" else "")
     for name, (model, fused, plan) in models.items():
         mine = backends + [b for b in extra.split(",") if b and b not in backends] if name == "dense" else backends
