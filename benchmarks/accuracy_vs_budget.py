@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -77,8 +78,9 @@ def _plain_epoch_seconds(dense, train_loader, cfg: TrainConfig, device) -> float
 
 
 def _runs(args):
-    for budget in args.budgets.split(","):
-        for seed in map(int, args.seeds.split(",")):
+    """Seed outermost: a run cut short still has every budget and method at the first seed."""
+    for seed in map(int, args.seeds.split(",")):
+        for budget in args.budgets.split(","):
             for method in args.methods.split(","):
                 for score in (args.scores.split(",") if method == "batude" else [None]):
                     yield budget, seed, method, score
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
     if args.jobs > 1 and plain and any(r[2] == "batude" for r in _runs(args)):
         results["bcadl_epoch_seconds"] = _bcadl_epoch_seconds(args, ckpt.model, train, test_loader, base)
         results["bcadl_epoch_vs_plain"] = results["bcadl_epoch_seconds"] / plain
-    print(f"dense accuracy {dense_acc:.2f}%, plain epoch {plain or float('nan'):.1f}s on {device}"
+    print(f"dense accuracy {dense_acc:.2f}% on {device}, plain epoch " + (f"{plain:.1f}s" if plain else "not timed")
           + (f", BC-ADL epoch {results['bcadl_epoch_vs_plain']:.2f}x of it (both timed alone)" if "bcadl_epoch_vs_plain" in results else ""),
           flush=True)
     if args.jobs > 1:
@@ -177,30 +179,42 @@ def _run_name(run) -> str:
 
 
 def _fan_out(args, argv, results, out: Path) -> int:
-    """Every run as its own process, ``args.jobs`` at a time; merged into ``results`` (in run order) as each ends."""
+    """Every run as its own process, ``args.jobs`` at a time; merged into ``results`` (in run order) as each ends.
+
+    Interrupted (Ctrl-C, or SIGTERM from e.g. ``timeout``), it stops the runs still going: finished
+    ones stay merged in ``results.json``."""
     order = list(_runs(args))
     pending, running, done, failed = list(order), {}, {}, 0
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            run = pending.pop(0)
-            folder = out / "runs" / _run_name(run)
-            folder.mkdir(parents=True, exist_ok=True)
-            log = open(folder / "log.txt", "w")
-            running[subprocess.Popen(_run_argv(argv, run, folder), stdout=log, stderr=subprocess.STDOUT)] = (run, folder, log)
-        time.sleep(0.5)
-        for proc in [p for p in running if p.poll() is not None]:
-            run, folder, log = running.pop(proc)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                run = pending.pop(0)
+                folder = out / "runs" / _run_name(run)
+                folder.mkdir(parents=True, exist_ok=True)
+                log = open(folder / "log.txt", "w")
+                running[subprocess.Popen(_run_argv(argv, run, folder), stdout=log, stderr=subprocess.STDOUT)] = (run, folder, log)
+            time.sleep(0.5)
+            for proc in [p for p in running if p.poll() is not None]:
+                run, folder, log = running.pop(proc)
+                log.close()
+                written = folder / "results.json"
+                runs = json.loads(written.read_text())["runs"] if proc.returncode == 0 and written.exists() else []
+                if not runs:
+                    failed += 1
+                    print(f"[{len(done) + failed}/{len(order)}] {_run_name(run)} FAILED (exit {proc.returncode}): see {folder / 'log.txt'}", flush=True)
+                    continue
+                done[run] = runs[0]
+                results["runs"] = [done[r] for r in order if r in done]
+                (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                print(f"[{len(done) + failed}/{len(order)}] {_summary(runs[0])} ({args.jobs} concurrent runs)", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for proc, (run, _, log) in running.items():
+            proc.terminate()
+            proc.wait()
             log.close()
-            written = folder / "results.json"
-            runs = json.loads(written.read_text())["runs"] if proc.returncode == 0 and written.exists() else []
-            if not runs:
-                failed += 1
-                print(f"[{len(done) + failed}/{len(order)}] {_run_name(run)} FAILED (exit {proc.returncode}): see {folder / 'log.txt'}", flush=True)
-                continue
-            done[run] = runs[0]
-            results["runs"] = [done[r] for r in order if r in done]
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-            print(f"[{len(done) + failed}/{len(order)}] {_summary(runs[0])} ({args.jobs} concurrent runs)", flush=True)
+            print(f"stopped {_run_name(run)} unfinished", flush=True)
     return failed
 
 

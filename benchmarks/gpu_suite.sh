@@ -22,6 +22,7 @@
 #   PART=accuracy BUDGETS=2.5x bash ...                # dense 30 epochs + BATUDE vs uniform/energy/VBMF at 2.5x,
 #                                                      #   10+10 epochs each, JOBS (8) runs at once (?)
 #   PART=accuracy BUDGETS=2.5x,4x SEEDS=0,1 DENSE=<dense/model.pt> ... # on a dense model a session committed
+#                                                      #   (ACC_ARGS: more accuracy_vs_budget.py options, e.g. "--kd")
 #   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
 #                                                      #   trains the dense model first when DENSE is not given)
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
@@ -94,6 +95,6 @@ fi
 if has accuracy; then  # issue 3: dense ResNet-20 on Fashion-MNIST, then BATUDE vs uniform/energy/VBMF at equal epochs
   dense_model
   python3 benchmarks/accuracy_vs_budget.py --dense "$DENSE" --out "$OUT/accuracy" --data-dir "$DATA" $SUBSET \
-    --budgets "${BUDGETS:-2.5x,4x}" --seeds "${SEEDS:-0}" --epochs-admm "$ADMM" --epochs-ft "$FT" --updates-per-epoch 4 \
+    --budgets "${BUDGETS:-2.5x,4x}" --seeds "${SEEDS:-0}" --epochs-admm "$ADMM" --epochs-ft "$FT" --updates-per-epoch 4 ${ACC_ARGS:-} \
     --device "$DEVICE" --jobs "$JOBS" --workers "$(( JOBS > 1 ? 1 : WORKERS ))"  # JOBS runs at once, 1 loader worker each
 fi
