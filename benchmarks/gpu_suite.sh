@@ -7,10 +7,11 @@
 #       --platform manylinux2014_x86_64 -d .whl tensorly==0.10.0
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
 # Run with carry [".whl", ".data"], one session's worth of parts at a time (15 min of device time
-# per session; a fresh H100 started in about 30 s on 2026-11-26). Times measured on an H100 that day
+# per session; a fresh H100 started in about 30 s on 2026-11-26). The device tool brings back at
+# most 8 files from $OUT, at most two folders down: pack the rest (e.g. accuracy/runs) into a tarball. Times measured on an H100 that day
 # (BENCHMARKS.md, "H100 runs"), estimates marked "?":
-#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (8 xdist workers, 100 s)
-#                                                      #   + kernels_vs_cudnn.py (82 s)                   (~3.5 min)
+#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (8 xdist workers, 100-128 s)
+#                                                      #   + kernels_vs_cudnn.py (82-88 s)                (~3.5 min)
 #   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs and compile,
 #                                                      #   b64/b1) + latency_vs_flops ResNet-18 2.52x      (82 s; ~2-3 min?
 #                                                      #   since dense is also timed compile-graph)

@@ -116,8 +116,8 @@ def layer_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
                 row["speedup_vs_dense"] = timed["dense"]["median_ms"] / row["median_ms"]
                 row["auto_choice"], row["auto_choice_measured"] = auto, measured
                 rows.append(row)
-            print(f"layer {c}->{s} {h}² s{stride} b{batch}: " + ", ".join(f"{v} {r['median_ms']:.4f} ms" for v, r in timed.items()),
-                  flush=True)
+            print(f"layer {c}->{s} {h}² s{stride} b{batch}: " + ", ".join(f"{v} {r['median_ms']:.4f} ms" for v, r in timed.items())
+                  + f"; auto picked {auto} ({'timed' if measured else 'heuristic'})", flush=True)
     return rows
 
 
