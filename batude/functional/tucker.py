@@ -11,11 +11,13 @@ weight's dtype.
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import torch
 
 __all__ = [
     "unfold",
+    "fold",
     "tucker2_decompose",
     "tensorly_tucker2",
     "tucker2_reconstruct",
@@ -35,6 +37,14 @@ def unfold(weight: torch.Tensor, mode: int) -> torch.Tensor:
     if mode not in (0, 1):
         raise ValueError(f"mode must be 0 (output channels) or 1 (input channels), got {mode}")
     return torch.movedim(weight, mode, 0).reshape(weight.shape[mode], -1)
+
+
+def fold(matrix: torch.Tensor, mode: int, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`unfold`: the weight of ``shape`` whose mode-``mode`` unfolding is ``matrix``."""
+    if mode not in (0, 1):
+        raise ValueError(f"mode must be 0 (output channels) or 1 (input channels), got {mode}")
+    moved = (shape[mode], *(d for i, d in enumerate(shape) if i != mode))
+    return torch.movedim(matrix.reshape(moved), 0, mode)
 
 
 def spectrum(matrix: torch.Tensor) -> torch.Tensor:

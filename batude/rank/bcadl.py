@@ -29,7 +29,7 @@ from torch import nn
 
 from batude.errors import BatudeError
 from batude.functional.cost import LayerKind
-from batude.functional.tucker import svt, unfold
+from batude.functional.tucker import fold, svt, unfold
 from batude.rank.budget import Budget
 from batude.rank.filter import LayerFilter
 from batude.rank.greedy import Score, budgeted_ranks, enforce_limits, fill_to_budget, step_value
@@ -131,18 +131,38 @@ class BCADL:
                 for n, a in enumerate(alphas)
             ])
         self.ranks: list[tuple[int, ...]] = []
+        self._penalty_targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._z_step()  # start from a budget-feasible Z; U stays 0
 
     def _weights(self) -> list[torch.Tensor]:
         return [c.module.weight for c in self.problem.candidates]
 
     def penalty(self) -> torch.Tensor:
-        """``(rho/2) * sum ||W_l(n) - Z + U||_F^2``, differentiable in the weights (a scalar)."""
-        terms = []
-        for cand, w, splits in zip(self.problem.candidates, self._weights(), self.splits):
-            for n, sp in enumerate(splits):
-                terms.append((unfold(w, n) - sp.z + sp.u).square().sum())
-        return 0.5 * self.rho * torch.stack(terms).sum()
+        """``(rho/2) * sum ||W_l(n) - Z + U||_F^2``, differentiable in the weights (a scalar).
+
+        Computed as ``(rho/2) * sum_l (k_l ||W_l - T_l||^2 + c_l)`` with ``T_l`` the mean over the
+        layer's ``k_l`` unfoldings of ``fold(Z - U)`` and ``c_l = sum_n ||fold(Z - U) - T_l||^2``:
+        the same value and gradient (an unfolding only reorders entries), but the targets are built
+        once per Z/U update and a step costs a handful of ops instead of five per unfolding, which
+        is what a launch-bound GPU step pays for (BENCHMARKS.md, "BC-ADL penalty ops").
+        """
+        target, scale, const = self._targets()
+        diff = torch.cat([w.reshape(-1) for w in self._weights()]) - target
+        return 0.5 * self.rho * ((diff.square() * scale).sum() + const)
+
+    @torch.no_grad()
+    def _targets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(flat mean targets, flat unfolding counts, constant), cached until Z or U change."""
+        if self._penalty_targets is None:
+            means, scales, const = [], [], []
+            for w, splits in zip(self._weights(), self.splits):
+                folded = torch.stack([fold(sp.z - sp.u, n, w.shape) for n, sp in enumerate(splits)])
+                mean = folded.mean(0)
+                means.append(mean.reshape(-1))
+                scales.append(torch.full((mean.numel(),), float(len(splits)), dtype=mean.dtype, device=mean.device))
+                const.append((folded - mean).square().sum())
+            self._penalty_targets = (torch.cat(means), torch.cat(scales), torch.stack(const).sum())
+        return self._penalty_targets
 
     def step(self) -> bool:
         """Count one optimizer step; every ``period`` steps run Z-, U-step and grow rho. True if updated."""
@@ -173,6 +193,7 @@ class BCADL:
         for splits, per, ranks, thr in zip(self.splits, factors, self.ranks, thresholds):
             for sp, (p, s, qh), r, t in zip(splits, per, ranks, thr):
                 sp.z = svt(p, s, qh, r, t).to(sp.z.dtype)
+        self._penalty_targets = None
 
     @torch.no_grad()
     def update(self) -> None:
@@ -188,6 +209,7 @@ class BCADL:
         for splits in self.splits:
             for sp in splits:
                 sp.u *= self.rho / new_rho
+        self._penalty_targets = None
         self.updates += 1
         record = {"step": self.steps, "rho": self.rho, "primal_residual": gap ** 0.5, "budget_used": self.cost() / self.limit}
         self.rho = new_rho
@@ -245,3 +267,4 @@ class BCADL:
         for splits, zs, us, ss in zip(self.splits, state["z"], state["u"], state["sigma"]):
             for sp, z, u, s in zip(splits, zs, us, ss):
                 sp.z, sp.u, sp.sigma = z.to(sp.z), u.to(sp.u), s
+        self._penalty_targets = None

@@ -9,6 +9,7 @@ from batude.functional.tucker import (
     svt,
     tucker2_decompose,
     tucker2_reconstruct,
+    fold,
     unfold,
 )
 
@@ -106,6 +107,16 @@ def test_svt_on_known_matrix():
     assert torch.allclose(svt(u, s, vh, 1, 2.0), 3.0 * torch.outer(q1[:, 0], q2[:, 0]), atol=1e-12)
     # t = 0 and full rank reproduce M
     assert torch.allclose(svt(u, s, vh, 3, 0.0), m, atol=1e-12)
+
+
+def test_fold_inverts_unfold():
+    w = torch.randn(12, 10, 3, 3)
+    for mode in (0, 1):
+        assert torch.equal(fold(unfold(w, mode), mode, w.shape), w)
+    m = torch.randn(6, 4)
+    assert torch.equal(fold(unfold(m, 1), 1, m.shape), m)
+    with pytest.raises(ValueError, match="mode must be 0"):
+        fold(unfold(w, 0), 2, w.shape)
 
 
 def test_hosvd_matches_tensorly_and_handles_unfoldings_taller_than_wide():

@@ -72,6 +72,24 @@ def test_penalty_value_and_gradient():
     assert float(penalty.detach()) == pytest.approx(0.15 * (float(d1.square().sum()) + float(d2.square().sum()) + others), rel=1e-5)
 
 
+def _penalty_by_definition(admm):
+    return 0.5 * admm.rho * sum(float((unf - sp.z + sp.u).square().sum()) for c, ss in zip(admm.problem.candidates, admm.splits)
+                                for unf, sp in zip(_unfoldings(c), ss))
+
+
+def test_penalty_follows_every_z_u_update_and_a_resume():
+    """The penalty's targets are cached between updates: they must be rebuilt whenever Z, U or rho change."""
+    model = _model()
+    admm = BCADL(model, "2.52x", BCADLConfig(period=2, rho0=0.05, rho_growth=2.0), input_shape=SHAPE)
+    for _ in range(3):
+        _train(model, admm, 2)  # one update each time, then the weights move on
+        assert float(admm.penalty().detach()) == pytest.approx(_penalty_by_definition(admm), rel=1e-5)
+    other = BCADL(copy.deepcopy(model), "2.52x", BCADLConfig(period=2), input_shape=SHAPE)
+    other.penalty()  # builds its cache from its own fresh Z/U
+    other.load_state_dict(admm.state_dict())
+    assert float(other.penalty().detach()) == pytest.approx(_penalty_by_definition(admm), rel=1e-5)
+
+
 def _unfoldings(cand):
     w = cand.module.weight.detach()
     if cand.layer.kind.value == "tucker2":
