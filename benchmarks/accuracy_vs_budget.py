@@ -6,17 +6,11 @@ baselines: E_admm + E_ft fine-tuning epochs), measure FLOPs with FlopCounterMode
 accuracy. Also times one plain training epoch of the dense model and reports BC-ADL's epoch time
 relative to it. Writes ``results.json``, ``accuracy_vs_budget.png`` and prints a Markdown table.
 
-``--jobs N`` runs the (budget, seed, method) runs as N concurrent processes on the one device (a
-Fashion-MNIST ResNet-20 step is launch-bound: one process leaves a GPU mostly idle). Each run
-then lives in ``OUT/runs/<run>/`` (its own ``results.json`` and ``log.txt``) and is merged into
-``OUT/results.json`` as it finishes. Epoch times of concurrent runs are not comparable, so the
-BC-ADL epoch is then timed once, alone, before the runs start (``bcadl_epoch_seconds``).
-
 Dense checkpoint: ``batude train --model resnet20 --data fashion-mnist --epochs N --out DIR``
 (then pass ``--dense DIR/model.pt``).
 
     python benchmarks/accuracy_vs_budget.py --dense DIR/model.pt --out bench_out \
-        --budgets 2.5x,4x --seeds 0,1 --epochs-admm 10 --epochs-ft 10 --jobs 8  # GPU schedule
+        --budgets 2.5x,4x --seeds 0,1 --epochs-admm 10 --epochs-ft 10          # GPU schedule
 """
 
 from __future__ import annotations
@@ -24,8 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +32,7 @@ from batude.train.loop import make_optimizer, seed_everything, train_one_epoch
 
 
 def _args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dense", required=True, help="dense batude checkpoint (from `batude train`)")
     p.add_argument("--out", required=True)
     p.add_argument("--budgets", default="2.5x,4x")
@@ -63,11 +55,7 @@ def _args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--skip-epoch-timing", action="store_true", help="do not time a plain dense epoch")
-    p.add_argument("--jobs", type=int, default=1, help="concurrent runs (processes) on the device; see the module doc")
-    args = p.parse_args(argv)
-    if args.jobs < 1:
-        p.error(f"--jobs must be >= 1, got {args.jobs}")
-    return args
+    return p.parse_args(argv)
 
 
 def _plain_epoch_seconds(dense, train_loader, cfg: TrainConfig, device) -> float:
@@ -86,20 +74,12 @@ def _runs(args):
                     yield budget, seed, method, score
 
 
-def _compress_config(args, base: TrainConfig, seed: int, method: str, score, **epochs) -> CompressConfig:
+def _compress_config(args, base: TrainConfig, seed: int, method: str, score) -> CompressConfig:
     bcadl = BCADLConfig(rho0=args.rho0, rho_growth=args.rho_growth, rho_max=args.rho_max, lam=args.lam,
                         **({"score": score} if score else {}))
-    epochs = {"epochs_admm": args.epochs_admm, "epochs_ft": args.epochs_ft, **epochs}
-    return CompressConfig(method=method, lr_admm=args.lr_admm, lr_ft=args.lr_ft, updates_per_epoch=args.updates_per_epoch,
-                          bcadl=bcadl, kd=args.kd, train=TrainConfig(**{**base.to_dict(), "seed": seed}), **epochs)
-
-
-def _bcadl_epoch_seconds(args, dense, train, test_loader, base: TrainConfig) -> float:
-    """The second of two BC-ADL epochs (no fine-tuning) of the first budget's BATUDE run, timed alone."""
-    budget, seed, _, score = next(r for r in _runs(args) if r[2] == "batude")
-    cfg = _compress_config(args, base, seed, "batude", score, epochs_admm=2, epochs_ft=0)
-    res = compress(copy.deepcopy(dense), make_loader(train, args.batch_size, True, seed, args.workers), test_loader, budget, cfg)
-    return [e["seconds"] for e in res.log if e["phase"] == "admm"][-1]
+    return CompressConfig(method=method, epochs_admm=args.epochs_admm, epochs_ft=args.epochs_ft, lr_admm=args.lr_admm,
+                          lr_ft=args.lr_ft, updates_per_epoch=args.updates_per_epoch, bcadl=bcadl, kd=args.kd,
+                          train=TrainConfig(**{**base.to_dict(), "seed": seed}))
 
 
 def _summary(run) -> str:
@@ -108,8 +88,17 @@ def _summary(run) -> str:
             f"{run['macs_reduction']:.3f}x fewer FLOPs, {run['seconds']:.0f}s")
 
 
+def _epoch_lines(name: str):
+    """A progress callback that prints one line per finished epoch (logs of long GPU runs show how far they got)."""
+    started = time.perf_counter()
+
+    def report(label: str, step: int, steps: int, loss: float) -> None:
+        if step == steps:
+            print(f"  {name}: {label} done, loss {loss:.4f}, {time.perf_counter() - started:.0f}s into the run", flush=True)
+    return report
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = _args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,99 +112,27 @@ def main(argv=None) -> int:
     plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0, args.workers), base, device)
     results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "plain_epoch_seconds": plain,
                "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape), "runs": []}
-    if args.jobs > 1 and plain and any(r[2] == "batude" for r in _runs(args)):
-        results["bcadl_epoch_seconds"] = _bcadl_epoch_seconds(args, ckpt.model, train, test_loader, base)
-        results["bcadl_epoch_vs_plain"] = results["bcadl_epoch_seconds"] / plain
-    print(f"dense accuracy {dense_acc:.2f}% on {device}, plain epoch " + (f"{plain:.1f}s" if plain else "not timed")
-          + (f", BC-ADL epoch {results['bcadl_epoch_vs_plain']:.2f}x of it (both timed alone)" if "bcadl_epoch_vs_plain" in results else ""),
-          flush=True)
-    if args.jobs > 1:
-        failed = _fan_out(args, argv, results, out)
-    else:
-        failed = 0
-        for budget, seed, method, score in _runs(args):
-            seed_everything(seed)
-            train_loader = make_loader(train, args.batch_size, True, seed, args.workers)
-            start = time.perf_counter()
-            res = compress(copy.deepcopy(ckpt.model), train_loader, test_loader, budget, _compress_config(args, base, seed, method, score))
-            macs = flop_counter_macs(res.model.cpu().float(), shape)
-            admm_s = [e["seconds"] for e in res.log if e["phase"] == "admm"]
-            run = {"budget": budget, "seed": seed, "method": method, "score": score, "dense_accuracy": res.dense_accuracy,
-                   "decomposed_accuracy": res.decomposed_accuracy, "accuracy": res.accuracy, "drop": res.dense_accuracy - res.accuracy,
-                   "macs": macs, "macs_reduction": results["dense_macs"] / macs,
-                   "bcadl_epoch_vs_plain": (sum(admm_s) / len(admm_s) / plain) if admm_s and plain else None,
-                   "ranks": {l.name: (list(l.ranks) if l.ranks else None) for l in res.plan.layers},
-                   "seconds": round(time.perf_counter() - start, 1), "log": res.log}
-            results["runs"].append(run)
-            print(_summary(run), flush=True)
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if results["runs"]:
-        print(table(results))
-        plot(results, out / "accuracy_vs_budget.png")
-    return 1 if failed else 0
-
-
-_FANNED_OUT = ("--out", "--budgets", "--seeds", "--methods", "--scores", "--jobs")
-
-
-def _run_argv(argv, run, out: Path) -> list[str]:
-    """This script's command line for one run: ``argv`` less the options that select runs, plus that run's."""
-    kept, skip = [], False
-    for tok in argv:
-        if skip:
-            skip = False
-        elif tok.split("=", 1)[0] in _FANNED_OUT:
-            skip = "=" not in tok
-        else:
-            kept.append(tok)
-    budget, seed, method, score = run
-    return [sys.executable, str(Path(__file__).resolve()), *kept, "--out", str(out), "--budgets", budget, "--seeds", str(seed),
-            "--methods", method, *(["--scores", score] if score else []), "--skip-epoch-timing"]
-
-
-def _run_name(run) -> str:
-    budget, seed, method, score = run
-    return f"{budget}_{method}{'-' + score if score else ''}_seed{seed}"
-
-
-def _fan_out(args, argv, results, out: Path) -> int:
-    """Every run as its own process, ``args.jobs`` at a time; merged into ``results`` (in run order) as each ends.
-
-    Interrupted (Ctrl-C, or SIGTERM from e.g. ``timeout``), it stops the runs still going: finished
-    ones stay merged in ``results.json``."""
-    order = list(_runs(args))
-    pending, running, done, failed = list(order), {}, {}, 0
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    try:
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                run = pending.pop(0)
-                folder = out / "runs" / _run_name(run)
-                folder.mkdir(parents=True, exist_ok=True)
-                log = open(folder / "log.txt", "w")
-                running[subprocess.Popen(_run_argv(argv, run, folder), stdout=log, stderr=subprocess.STDOUT)] = (run, folder, log)
-            time.sleep(0.5)
-            for proc in [p for p in running if p.poll() is not None]:
-                run, folder, log = running.pop(proc)
-                log.close()
-                written = folder / "results.json"
-                runs = json.loads(written.read_text())["runs"] if proc.returncode == 0 and written.exists() else []
-                if not runs:
-                    failed += 1
-                    print(f"[{len(done) + failed}/{len(order)}] {_run_name(run)} FAILED (exit {proc.returncode}): see {folder / 'log.txt'}", flush=True)
-                    continue
-                done[run] = runs[0]
-                results["runs"] = [done[r] for r in order if r in done]
-                (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-                print(f"[{len(done) + failed}/{len(order)}] {_summary(runs[0])} ({args.jobs} concurrent runs)", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for proc, (run, _, log) in running.items():
-            proc.terminate()
-            proc.wait()
-            log.close()
-            print(f"stopped {_run_name(run)} unfinished", flush=True)
-    return failed
+    print(f"dense accuracy {dense_acc:.2f}% on {device}, plain epoch " + (f"{plain:.1f}s" if plain else "not timed"), flush=True)
+    for budget, seed, method, score in _runs(args):
+        seed_everything(seed)
+        train_loader = make_loader(train, args.batch_size, True, seed, args.workers)
+        start = time.perf_counter()
+        res = compress(copy.deepcopy(ckpt.model), train_loader, test_loader, budget, _compress_config(args, base, seed, method, score),
+                       progress=_epoch_lines(f"{budget} seed {seed} {method}"))
+        macs = flop_counter_macs(res.model.cpu().float(), shape)
+        admm_s = [e["seconds"] for e in res.log if e["phase"] == "admm"]
+        run = {"budget": budget, "seed": seed, "method": method, "score": score, "dense_accuracy": res.dense_accuracy,
+               "decomposed_accuracy": res.decomposed_accuracy, "accuracy": res.accuracy, "drop": res.dense_accuracy - res.accuracy,
+               "macs": macs, "macs_reduction": results["dense_macs"] / macs,
+               "bcadl_epoch_vs_plain": (sum(admm_s) / len(admm_s) / plain) if admm_s and plain else None,
+               "ranks": {l.name: (list(l.ranks) if l.ranks else None) for l in res.plan.layers},
+               "seconds": round(time.perf_counter() - start, 1), "log": res.log}
+        results["runs"].append(run)
+        print(_summary(run), flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    plot(results, out / "accuracy_vs_budget.png")
+    return 0
 
 
 def _groups(results):
@@ -233,8 +150,6 @@ def table(results) -> str:
         mean = lambda k: sum(r[k] for r in runs) / len(runs)  # noqa: E731
         ratio = [r["bcadl_epoch_vs_plain"] for r in runs if r["bcadl_epoch_vs_plain"]]
         ratio_text = f"{sum(ratio) / len(ratio):.2f}x" if ratio else "-"
-        if not ratio and name.startswith("batude") and results.get("bcadl_epoch_vs_plain"):
-            ratio_text = f"{results['bcadl_epoch_vs_plain']:.2f}x (timed alone)"
         lines.append(f"| {budget} | {name} | {len(runs)} | {mean('macs_reduction'):.3f}x | {mean('accuracy'):.2f} | "
                      f"{mean('drop'):+.2f} | {mean('decomposed_accuracy'):.2f} | {ratio_text} |")
     return "\n".join(lines)

@@ -21,7 +21,7 @@
 #                                                      #   b64 (100 s); BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
 #                                                      #   (then with compile rows, now with dense compile-graph instead)
 #   PART=accuracy BUDGETS=2.5x bash ...                # dense 30 epochs + BATUDE vs uniform/energy/VBMF at 2.5x,
-#                                                      #   10+10 epochs each, JOBS (8) runs at once (?)
+#                                                      #   10+10 epochs each, one run after another
 #   PART=accuracy BUDGETS=2.5x,4x SEEDS=0,1 DENSE=<dense/model.pt> ... # on a dense model a session committed
 #                                                      #   (ACC_ARGS: more accuracy_vs_budget.py options, e.g. "--kd")
 #   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
@@ -41,13 +41,12 @@ fi
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
 DATA=${DATA:-$( [ -d .data/fashion-mnist ] && echo .data/fashion-mnist || echo /usr/share/datasets/fashion-mnist )}
 if [ "${SMOKE:-0}" = 1 ]; then
-  DENSE_EPOCHS=1; ADMM=1; FT=1; SUBSET="--subset 640"; DEVICE=${DEVICE:-cpu}; WORKERS=0; JOBS=${JOBS:-2}
+  DENSE_EPOCHS=1; ADMM=1; FT=1; SUBSET="--subset 640"; DEVICE=${DEVICE:-cpu}; WORKERS=0
   LAT="--device cpu --dtype fp32 --batches 2 --input 3,32,32 --backends eager --points 2 --iters 3 --warmup 1"
   LVF="--device cpu --dtypes fp32 --batches 1 --backends eager --iters 2 --warmup 1"
   KERNELS="--smoke"; export TRITON_INTERPRET=1
 else
   DENSE_EPOCHS=${DENSE_EPOCHS:-30}; ADMM=${ADMM:-10}; FT=${FT:-10}; SUBSET=""; DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-4}
-  JOBS=${JOBS:-8}
   LAT=""; LVF="--device cuda --dtypes fp16 --batches 1,64 --backends eager,cuda-graph"; KERNELS="--budget-s 150"
 fi
 has() { [[ ",$PART," == *",$1,"* ]]; }
@@ -97,5 +96,5 @@ if has accuracy; then  # issue 3: dense ResNet-20 on Fashion-MNIST, then BATUDE 
   dense_model
   python3 benchmarks/accuracy_vs_budget.py --dense "$DENSE" --out "$OUT/accuracy" --data-dir "$DATA" $SUBSET \
     --budgets "${BUDGETS:-2.5x,4x}" --seeds "${SEEDS:-0}" --epochs-admm "$ADMM" --epochs-ft "$FT" --updates-per-epoch 4 ${ACC_ARGS:-} \
-    --device "$DEVICE" --jobs "$JOBS" --workers "$(( JOBS > 1 ? 1 : WORKERS ))"  # JOBS runs at once, 1 loader worker each
+    --device "$DEVICE" --workers "$WORKERS"
 fi
