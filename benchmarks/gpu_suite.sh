@@ -20,8 +20,10 @@
 #   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels: ResNet-18
 #                                                      #   b64 (100 s); BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
 #                                                      #   (then with compile rows, now with dense compile-graph instead)
-#   PART=accuracy BUDGETS=2.5x bash ...                # dense 30 epochs + BATUDE vs uniform/energy/VBMF at 2.5x,
-#                                                      #   10+10 epochs each, one run after another
+#   PART=accuracy BUDGETS=2.5x METHODS=batude,uniform DENSE=benchmarks/results/fmnist_resnet20_dense30/model.pt
+#                                                      #   BATUDE vs uniform at 2.5x, 10+10 epochs each, one run after
+#                                                      #   another (~5.5 min: plain epoch 6.0 s, BC-ADL 1.67x on 2026-11-26;
+#                                                      #   without DENSE it first trains one, 30 epochs)
 #   PART=accuracy BUDGETS=2.5x,4x SEEDS=0,1 DENSE=<dense/model.pt> ... # on a dense model a session committed
 #                                                      #   (ACC_ARGS: more accuracy_vs_budget.py options, e.g. "--kd")
 #   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
@@ -95,6 +97,6 @@ fi
 if has accuracy; then  # issue 3: dense ResNet-20 on Fashion-MNIST, then BATUDE vs uniform/energy/VBMF at equal epochs
   dense_model
   python3 benchmarks/accuracy_vs_budget.py --dense "$DENSE" --out "$OUT/accuracy" --data-dir "$DATA" $SUBSET \
-    --budgets "${BUDGETS:-2.5x,4x}" --seeds "${SEEDS:-0}" --epochs-admm "$ADMM" --epochs-ft "$FT" --updates-per-epoch 4 ${ACC_ARGS:-} \
+    --budgets "${BUDGETS:-2.5x,4x}" --seeds "${SEEDS:-0}" --methods "${METHODS:-batude,uniform,energy,vbmf}" --epochs-admm "$ADMM" --epochs-ft "$FT" --updates-per-epoch 4 ${ACC_ARGS:-} \
     --device "$DEVICE" --workers "$WORKERS"
 fi

@@ -147,3 +147,12 @@ def test_decompose_speed_times_both_and_they_agree(tmp_path):
     assert bench.main(["--models", "resnet18", "--out", str(tmp_path)]) == 0
     row = json.loads((tmp_path / "decompose_speed.json").read_text())["rows"][0]
     assert row["layers"] == 16 and row["batude_s"] > 0 and row["tensorly_s"] > 0 and row["max_rel_difference"] < 1e-9
+
+
+def test_bcadl_penalty_ops_matches_the_definition_with_far_fewer_operators(tmp_path):
+    bench = _script("bcadl_penalty_ops")
+    assert bench.main(["--out", str(tmp_path), "--iters", "2"]) == 0
+    report = json.loads((tmp_path / "bcadl_penalty_ops.json").read_text())
+    assert report["value_rel_diff"] < 1e-5 and report["grad_max_abs_diff"] < 1e-6
+    assert report["unfoldings"] > report["layers"] > 0
+    assert report["ops_batude"] * 5 < report["ops_definition"]  # a few per step, not a few per unfolding
