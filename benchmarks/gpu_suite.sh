@@ -8,8 +8,8 @@
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
 # Run with carry [".whl", ".data"], one session's worth of parts at a time (15 min of device time
 # per session; a fresh H100 started in about 30 s on 2026-11-26). The device tool brings back at
-# most 8 files from $OUT, at most two folders down: pack the rest (e.g. accuracy/runs) into a tarball. Times measured on an H100 that day
-# (BENCHMARKS.md, "H100 runs"), estimates marked "?":
+# most 8 files from $OUT, at most two folders down: run few parts per call, or pack extra files into
+# a tarball. Times measured on an H100 that day (BENCHMARKS.md, "H100 runs"), estimates marked "?":
 #   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (8 xdist workers, 100-128 s)
 #                                                      #   + kernels_vs_cudnn.py (82-88 s)                (~3.5 min)
 #   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs and compile,

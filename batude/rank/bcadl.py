@@ -143,8 +143,8 @@ class BCADL:
         Computed as ``(rho/2) * sum_l (k_l ||W_l - T_l||^2 + c_l)`` with ``T_l`` the mean over the
         layer's ``k_l`` unfoldings of ``fold(Z - U)`` and ``c_l = sum_n ||fold(Z - U) - T_l||^2``:
         the same value and gradient (an unfolding only reorders entries), but the targets are built
-        once per Z/U update and a step costs a handful of ops instead of five per unfolding, which
-        is what a launch-bound GPU step pays for (BENCHMARKS.md, "BC-ADL penalty ops").
+        once per Z/U update and a step costs a handful of operators instead of several per unfolding,
+        which is what a launch-bound GPU step pays for (BENCHMARKS.md, "BC-ADL penalty ops").
         """
         target, scale, const = self._targets()
         diff = torch.cat([w.reshape(-1) for w in self._weights()]) - target
