@@ -8,3 +8,7 @@ CLI turns it into one line on stderr and a non-zero exit code.
 
 class BatudeError(Exception):
     """A user-facing error: one line saying what is wrong and what to do next."""
+
+
+class Diverged(BatudeError):
+    """Training diverged: the loss, or the weights, became NaN or Inf."""

@@ -11,6 +11,10 @@ Dense checkpoint: ``batude train --model resnet20 --data fashion-mnist --epochs 
 
     python benchmarks/accuracy_vs_budget.py --dense DIR/model.pt --out bench_out \
         --budgets 2.5x,4x --seeds 0,1 --epochs-admm 10 --epochs-ft 10          # GPU schedule
+
+A GPU session too short for every run: its ``results.json`` is rewritten after each finished run;
+the next session passes it as ``--continue-from`` (same schedule and dense model, checked) and runs
+only what is missing, writing one results file, table and plot over both calls.
 """
 
 from __future__ import annotations
@@ -55,7 +59,28 @@ def _args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--skip-epoch-timing", action="store_true", help="do not time a plain dense epoch")
+    p.add_argument("--continue-from", default=None, metavar="RESULTS_JSON",
+                   help="results.json of an earlier call with the same schedule: its runs are kept and not run again")
     return p.parse_args(argv)
+
+
+_PER_CALL = {"out", "budgets", "methods", "seeds", "scores", "device", "workers", "skip_epoch_timing", "continue_from", "data_dir"}
+
+
+def _earlier_runs(args, dense_accuracy: float) -> list[dict]:
+    """The runs of ``--continue-from``, after checking that they used this call's schedule and dense model."""
+    if not args.continue_from:
+        return []
+    try:
+        earlier = json.loads(Path(args.continue_from).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--continue-from {args.continue_from}: cannot read it ({err}); pass an earlier call's results.json")
+    mine, theirs = vars(args), earlier.get("args", {})
+    differ = sorted(k for k in mine.keys() - _PER_CALL if theirs.get(k) != mine[k])
+    if differ or abs(earlier.get("dense_accuracy", -1.0) - dense_accuracy) > 1e-9:
+        what = ", ".join(f"--{k.replace('_', '-')} {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ) or "another dense model"
+        raise SystemExit(f"--continue-from {args.continue_from} used {what}; continue only a run with the same schedule")
+    return [{**run, "from": args.continue_from} for run in earlier["runs"]]
 
 
 def _plain_epoch_seconds(dense, train_loader, cfg: TrainConfig, device) -> float:
@@ -101,21 +126,27 @@ def _epoch_lines(name: str):
 def main(argv=None) -> int:
     args = _args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = batude.load_checkpoint(args.dense)
     train, test, info = load_datasets(DataSpec("fashion-mnist", root=args.data_dir, subset=args.subset))
     shape = (1, info.in_channels, *info.image_size)
     base = TrainConfig(epochs=args.epochs_admm + args.epochs_ft, batch_size=args.batch_size, device=args.device, num_workers=args.workers)
     device = base.resolved_device()
-    test_loader = make_loader(test, 512, False, 0)
+    pin = device.type == "cuda"  # asynchronous copies to the GPU
+    test_loader = make_loader(test, 512, False, 0, pin_memory=pin)
     dense_acc = evaluate(ckpt.model.to(device), test_loader, device, base)[1]
-    plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0, args.workers), base, device)
+    earlier = _earlier_runs(args, dense_acc)  # checked before anything slow
+    plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0, args.workers, pin_memory=pin), base, device)
     results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "plain_epoch_seconds": plain,
-               "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape), "runs": []}
+               "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape), "runs": earlier}
     print(f"dense accuracy {dense_acc:.2f}% on {device}, plain epoch " + (f"{plain:.1f}s" if plain else "not timed"), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(r["budget"], r["seed"], r["method"], r["score"]) for r in results["runs"]}
     for budget, seed, method, score in _runs(args):
+        if (budget, seed, method, score) in done:
+            print(f"{budget} seed {seed} {method}: kept from {args.continue_from}", flush=True)
+            continue
         seed_everything(seed)
-        train_loader = make_loader(train, args.batch_size, True, seed, args.workers)
+        train_loader = make_loader(train, args.batch_size, True, seed, args.workers, pin_memory=pin)
         start = time.perf_counter()
         res = compress(copy.deepcopy(ckpt.model), train_loader, test_loader, budget, _compress_config(args, base, seed, method, score),
                        progress=_epoch_lines(f"{budget} seed {seed} {method}"))

@@ -25,7 +25,9 @@
 #                                                      #   another (~5.5 min: plain epoch 6.0 s, BC-ADL 1.67x on 2026-11-26;
 #                                                      #   without DENSE it first trains one, 30 epochs)
 #   PART=accuracy BUDGETS=2.5x,4x SEEDS=0,1 DENSE=<dense/model.pt> ... # on a dense model a session committed
-#                                                      #   (ACC_ARGS: more accuracy_vs_budget.py options, e.g. "--kd")
+#                                                      #   (ACC_ARGS: more accuracy_vs_budget.py options, e.g. "--kd", or
+#                                                      #   "--continue-from benchmarks/results/<dir>/results.json": skip the
+#                                                      #   runs an earlier, cut-short call finished)
 #   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
 #                                                      #   trains the dense model first when DENSE is not given)
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/

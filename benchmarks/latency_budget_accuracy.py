@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     shape = (1, info.in_channels, *info.image_size)
     lut = LatencyTable.build(copy.deepcopy(dense), shape[1:], batch=args.batch, dtype=dtype, device=args.device,
                              points=args.points, multiple_of=16 if dtype == torch.float16 else 8, backend=args.lut_backend)
-    loaders = (make_loader(train, 128, True, args.seed, args.workers), make_loader(test, 512, False, 0))
+    pin = TrainConfig(device=args.device).resolved_device().type == "cuda"  # asynchronous copies to the GPU
+    loaders = (make_loader(train, 128, True, args.seed, args.workers, pin_memory=pin), make_loader(test, 512, False, 0, pin_memory=pin))
     runs = {}
     flops_result, flops_s = _compress(args, dense, loaders, args.flops, lut)
     runs["flops"] = (args.flops, flops_result, flops_s)

@@ -45,6 +45,17 @@ def test_accuracy_vs_budget_writes_results_and_plot(tmp_path, capsys):
     assert "| 2x | batude (joint_per_cost) | 1 |" in bench.table(results)
     assert "2x seed 0 batude: " in capsys.readouterr().out  # a line per finished epoch: a long run's log shows its progress
 
+    # a second call (the next GPU session) keeps the first call's runs and adds the missing ones
+    common = ["--dense", str(dense), "--subset", "200", "--budgets", "2x", "--methods", "batude,uniform,energy",
+              "--epochs-admm", "1", "--device", "cpu", "--skip-epoch-timing", "--continue-from", str(tmp_path / "out" / "results.json")]
+    with pytest.raises(SystemExit, match="--epochs-ft 0 there, 1 here"):
+        bench.main([*common, "--epochs-ft", "1", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+    assert bench.main([*common, "--epochs-ft", "0", "--out", str(tmp_path / "more")]) == 0
+    merged = json.loads((tmp_path / "more" / "results.json").read_text())
+    assert merged["runs"][:2] == [{**r, "from": str(tmp_path / "out" / "results.json")} for r in results["runs"]]
+    assert [r["method"] for r in merged["runs"]] == ["batude", "uniform", "energy"] and "from" not in merged["runs"][2]
+
 
 def test_latency_vs_flops_writes_results_and_plot(tmp_path):
     pytest.importorskip("torchvision")

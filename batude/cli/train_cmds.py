@@ -50,7 +50,8 @@ def loaders_from_args(args: argparse.Namespace, world: World | None = None):
     world = world or World()
     spec = DataSpec(args.data, root=args.data_dir, subset=args.subset, augment=not args.no_augment)
     train, test, info = load_datasets(spec)
-    shard = {"rank": world.rank, "world_size": world.size}
+    pin = torch.cuda.is_available() and not str(args.device or "cuda").startswith("cpu")  # asynchronous copies to the GPU
+    shard = {"rank": world.rank, "world_size": world.size, "pin_memory": pin}
     return (make_loader(train, args.batch_size, True, args.seed, args.workers, **shard),
             make_loader(test, 512, False, args.seed, args.workers, **shard), info, spec)
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from batude.errors import BatudeError
+from batude.errors import BatudeError, Diverged
 from batude.functional.cost import LayerKind
 from batude.functional.tucker import fold, svt, unfold
 from batude.rank.budget import Budget
@@ -177,8 +177,11 @@ class BCADL:
 
     @torch.no_grad()
     def _z_step(self) -> None:
+        weights = self._weights()
+        if not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):  # the SVDs would fail on them
+            raise Diverged(f"training diverged: the weights are not finite at BC-ADL update {self.updates + 1}")
         factors = []
-        for cand, w, splits in zip(self.problem.candidates, self._weights(), self.splits):
+        for cand, w, splits in zip(self.problem.candidates, weights, self.splits):
             per = []
             for n, sp in enumerate(splits):
                 m = unfold(w.detach(), n) + sp.u

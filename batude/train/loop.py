@@ -18,17 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from batude.errors import BatudeError
+from batude.errors import BatudeError, Diverged
 from batude.train.config import TrainConfig
 from batude.train.distributed import all_reduce_sums
 
 __all__ = ["Diverged", "EpochStats", "Progress", "seed_everything", "make_optimizer", "train_one_epoch", "evaluate", "kd_loss"]
 
 Progress = Callable[[str, int, int, float], None]  # (phase label, step, steps, running loss)
-
-
-class Diverged(BatudeError):
-    """The loss became NaN or Inf."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +96,15 @@ def train_one_epoch(
     """One pass over ``loader``: ``loss = CE(+label smoothing) [+ KD] [+ extra_loss()]``.
 
     ``after_step`` runs after each optimiser step (BC-ADL's ``step``). Raises
-    :class:`BatudeError` (``Diverged``) as soon as the loss is not finite. ``model`` may be a DDP
+    :class:`Diverged` (a :class:`BatudeError`) when a loss is not finite, at most one step later
+    (see :class:`_Tally`). ``model`` may be a DDP
     wrapper; with a sharded loader the returned loss and accuracy are over all ranks' examples.
     """
     model.train()
     amp, channels_last = cfg.use_amp(device), cfg.use_channels_last(device)
-    start, total_loss, correct, seen, steps = time.perf_counter(), 0.0, 0, 0, len(loader)  # type: ignore[arg-type]
+    start, steps = time.perf_counter(), len(loader)  # type: ignore[arg-type]
+    sharded = _sharded(loader)
+    tally = _Tally(sharded, steps, label, progress)
     for step, batch in enumerate(loader):
         x, y = _to(batch, device, channels_last)
         with _autocast(device, amp):
@@ -117,26 +116,55 @@ def train_one_epoch(
                 loss = (1 - kd_alpha) * loss + kd_alpha * kd_loss(logits.float(), t_logits.float(), kd_temperature)
         if extra_loss is not None:
             loss = loss + extra_loss()
-        finite = bool(torch.isfinite(loss))
-        if _sharded(loader):  # every process must stop together, or the others wait in backward's all-reduce
-            finite = all_reduce_sums([0.0 if finite else 1.0])[0] == 0.0
-        if not finite:
-            raise Diverged(f"training diverged: the loss is {float(loss.detach())} (here, or on another process) "
-                           f"at step {step + 1}/{steps}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        tally.read_back()  # the previous step's numbers: its kernels ran while this step's were queued
+        tally.hold(step, loss.detach(), (logits.argmax(1) == y).sum(), len(y))
         if after_step is not None:
             after_step()
-        total_loss += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-        if progress is not None:
-            progress(label, step + 1, steps, total_loss / seen)
-    if _sharded(loader):
+    tally.read_back()
+    total_loss, correct, seen = tally.loss, tally.correct, tally.seen
+    if sharded:
         total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen])
     return EpochStats(total_loss / max(seen, 1), 100.0 * correct / max(seen, 1), time.perf_counter() - start, steps)
+
+
+class _Tally:
+    """Running loss and accuracy of an epoch, read back one step late.
+
+    Reading a CUDA value waits for the GPU. Reading step k's loss right after queueing step k would
+    leave the GPU idle while Python queues step k + 1; reading it after step k + 1 is queued keeps
+    the GPU busy. Cost of the delay: a NaN loss is reported one step later, after one more
+    optimizer step, so the weights in memory are then NaN too; the run stops with :class:`Diverged`
+    either way and its last checkpoint is from before the bad epoch.
+    """
+
+    def __init__(self, sharded: bool, steps: int, label: str, progress: Progress | None) -> None:
+        self.sharded, self.steps, self.label, self.progress = sharded, steps, label, progress
+        self.loss, self.correct, self.seen = 0.0, 0, 0
+        self._held: tuple[int, torch.Tensor, torch.Tensor, int] | None = None
+
+    def hold(self, step: int, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self._held = (step, loss, correct, n)
+
+    def read_back(self) -> None:
+        if self._held is None:
+            return
+        (step, loss, correct, n), self._held = self._held, None
+        value = float(loss)
+        finite = math.isfinite(value)
+        if self.sharded:  # every process must stop together, or the others wait in backward's all-reduce
+            finite = all_reduce_sums([0.0 if finite else 1.0])[0] == 0.0
+        if not finite:
+            raise Diverged(f"training diverged: the loss is {value} (here, or on another process) "
+                           f"at step {step + 1}/{self.steps}")
+        self.loss += value * n
+        self.correct += int(correct)
+        self.seen += n
+        if self.progress is not None:
+            self.progress(self.label, step + 1, self.steps, self.loss / self.seen)
 
 
 @torch.no_grad()
@@ -150,17 +178,17 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, cfg: Trai
     was_training = model.training
     model.eval()
     amp, channels_last = cfg.use_amp(device), cfg.use_channels_last(device)
-    total_loss, correct, seen = 0.0, 0, 0
+    sums, seen = torch.zeros(2, dtype=torch.float64, device=device), 0  # summed on the device: one read at the end
     try:
         for batch in loader:
             x, y = _to(batch, device, channels_last)
             with _autocast(device, amp):
                 logits = model(x)
-            total_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
+            sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) == y).sum()])
             seen += len(y)
     finally:
         model.train(was_training)
+    total_loss, correct = sums.tolist()
     if _sharded(loader):  # every rank reports the whole test set's numbers
         total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen])
     if seen == 0:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from batude.errors import BatudeError
+from batude.errors import BatudeError, Diverged
 from batude.models import resnet20
 from batude.rank.bcadl import BCADL, BCADLConfig
 from batude.rank.budget import Budget
@@ -199,3 +199,12 @@ def test_coarse_rank_grid_is_feasible_when_selectors_are():
     admm = BCADL(model, "1.2x", BCADLConfig(multiple_of=32, period=1), input_shape=SHAPE)
     assert admm.cost() <= admm.limit
     assert all(not c.name.startswith("layer1.") for c in admm.problem.candidates)
+
+
+def test_update_on_non_finite_weights_is_a_divergence_not_an_svd_failure():
+    model = _model()
+    admm = BCADL(model, "2x", BCADLConfig(period=1), input_shape=SHAPE)
+    with torch.no_grad():
+        admm.problem.candidates[3].module.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(Diverged, match="weights are not finite at BC-ADL update 1"):
+        admm.step()

@@ -1,0 +1,50 @@
+"""train_one_epoch's bookkeeping: numbers read back one step late must still be exact and in order."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from batude.data import make_loader
+from batude.errors import Diverged
+from batude.train import TrainConfig, evaluate, train_one_epoch
+from batude.train.loop import make_optimizer
+
+CPU = torch.device("cpu")
+
+
+def _setup(lr=0.0):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    data = torch.utils.data.TensorDataset(torch.randn(40, 1, 4, 4), torch.randint(0, 5, (40,)))
+    loader = make_loader(data, 8, False, seed=0)
+    cfg = TrainConfig(device="cpu", lr=0.1, momentum=0.0, weight_decay=0.0, label_smoothing=0.0)
+    return model, loader, cfg, make_optimizer(model, cfg, lr, len(loader))
+
+
+def test_progress_and_totals_match_each_step():
+    model, loader, cfg, (opt, sched) = _setup(lr=0.0)  # lr 0: the weights stay, so each step's loss is known
+    with torch.no_grad():
+        per_step = [float(F.cross_entropy(model(x), y)) + 0.25 for x, y in loader]
+    seen = []
+    stats = train_one_epoch(model, loader, opt, sched, cfg, CPU, extra_loss=lambda: torch.tensor(0.25),
+                            progress=lambda label, step, steps, loss: seen.append((step, steps, loss)))
+    assert [(s, n) for s, n, _ in seen] == [(k, 5) for k in range(1, 6)]
+    for k, (_, _, running) in enumerate(seen, 1):
+        assert running == pytest.approx(sum(per_step[:k]) / k, rel=1e-6)
+    assert stats.loss == pytest.approx(sum(per_step) / 5, rel=1e-6) and stats.steps == 5
+    assert stats.accuracy == pytest.approx(evaluate(model, loader, CPU, cfg)[1])
+
+
+def test_a_nan_loss_names_its_own_step_and_reports_none_after_it():
+    model, loader, cfg, (opt, sched) = _setup(lr=0.1)
+    calls, seen = [], []
+
+    def extra():
+        calls.append(1)
+        return torch.tensor(float("nan") if len(calls) == 3 else 0.0)
+
+    with pytest.raises(Diverged, match=r"the loss is nan .* at step 3/5$"):
+        train_one_epoch(model, loader, opt, sched, cfg, CPU, extra_loss=extra,
+                        progress=lambda label, step, steps, loss: seen.append(step))
+    assert seen == [1, 2] and len(calls) == 4  # read back one step late: step 4 ran before step 3's check
