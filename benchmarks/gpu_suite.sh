@@ -28,6 +28,8 @@
 #                                                      #   (ACC_ARGS: more accuracy_vs_budget.py options, e.g. "--kd", or
 #                                                      #   "--continue-from benchmarks/results/<dir>/results.json": skip the
 #                                                      #   runs an earlier, cut-short call finished)
+#   PART=train-speed DENSE=benchmarks/results/fmnist_resnet20_dense30/model.pt  # training ms/step, eager vs torch.compile
+#                                                      #   (default, reduce-overhead) for dense, BC-ADL, decomposed (~4 min?)
 #   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
 #                                                      #   trains the dense model first when DENSE is not given)
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
@@ -95,6 +97,11 @@ if has latency-accuracy; then  # issue 7: at equal measured latency, the latency
 fi
 if has tests; then
   python3 -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests --ignore=tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt" || true
+fi
+if has train-speed; then  # issue 3's GPU time: are the launch-bound training steps faster compiled?
+  dense_model
+  if [ "${SMOKE:-0}" = 1 ]; then TS="--subset 256 --modes eager,default"; else TS="--modes ${MODES:-eager,default,reduce-overhead}"; fi
+  python3 benchmarks/train_speed.py --dense "$DENSE" --data-dir "$DATA" $TS --device "$DEVICE" --workers "$WORKERS" --out "$OUT/train_speed"
 fi
 if has accuracy; then  # issue 3: dense ResNet-20 on Fashion-MNIST, then BATUDE vs uniform/energy/VBMF at equal epochs
   dense_model

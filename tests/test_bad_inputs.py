@@ -341,6 +341,8 @@ CASES = [
     Case("data-truncated", lambda f: _train(f, "--data-dir", _truncated_idx(f)), ("is truncated", "dataset-fashion-mnist")),
     Case("data-cifar-without-dir", lambda f: _train(f, "--data", "cifar10"), ("no default location", "--data-dir")),
     Case("data-subset-zero", lambda f: ["train", "--subset", "0", "--out", f.tmp / "run"], ("must be a positive integer",)),
+    Case("train-compile-mode-unknown", lambda f: ["train", "--compile", "fast", "--out", f.tmp / "run"],
+         ("invalid choice: 'fast'", "reduce-overhead")),
     # -------------------------------------------------------------------------------------- outputs
     Case("out-unwritable", lambda f: _plan(f, "--budget", "2x", "--out", "/sys/p.json"),
          ("cannot write /sys/p.json", "choose a writable output path")),

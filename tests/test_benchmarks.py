@@ -55,6 +55,8 @@ def test_accuracy_vs_budget_writes_results_and_plot(tmp_path, capsys):
     merged = json.loads((tmp_path / "more" / "results.json").read_text())
     assert merged["runs"][:2] == [{**r, "from": str(tmp_path / "out" / "results.json")} for r in results["runs"]]
     assert [r["method"] for r in merged["runs"]] == ["batude", "uniform", "energy"] and "from" not in merged["runs"][2]
+    assert bench.main(["--replot", str(tmp_path / "more" / "results.json"), "--out", str(tmp_path / "replot")]) == 0
+    assert "| 2x | energy | 1 |" in capsys.readouterr().out and (tmp_path / "replot" / "accuracy_vs_budget.png").is_file()
 
 
 def test_latency_vs_flops_writes_results_and_plot(tmp_path):
@@ -167,3 +169,16 @@ def test_bcadl_penalty_ops_matches_the_definition_with_far_fewer_operators(tmp_p
     assert report["value_rel_diff"] < 1e-5 and report["grad_max_abs_diff"] < 1e-6
     assert report["unfoldings"] > report["layers"] > 0
     assert report["ops_batude"] * 5 < report["ops_definition"]  # a few per step, not a few per unfolding
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
+def test_train_speed_times_every_model_and_mode(tmp_path, capsys):
+    bench = _script("train_speed")
+    assert bench.main(["--dense", str(_dense_checkpoint(tmp_path)), "--out", str(tmp_path / "out"), "--subset", "256",
+                       "--batch-size", "64", "--modes", "eager", "--device", "cpu"]) == 0
+    rows = json.loads((tmp_path / "out" / "train_speed.json").read_text())["results"]
+    assert [(r["model"], r["mode"], r["steps"]) for r in rows] == [(m, "eager", 4) for m in ("dense", "bcadl", "decomposed")]
+    assert all(r["epoch_s"] > 0 and r["ms_per_step"] == pytest.approx(r["epoch_s"] / 4 * 1e3) for r in rows)
+    assert "| decomposed | eager |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--dense", "x", "--out", str(tmp_path / "bad"), "--modes", "eager,fast"])

@@ -26,6 +26,7 @@ from batude.nn.profile import flop_counter_macs
 from batude.rank.bcadl import BCADLConfig
 from batude.rank.greedy import Score
 from batude.train import CompressConfig, CompressMethod, TrainConfig, compress, train_model
+from batude.train.config import COMPILE_MODES
 from batude.train.distributed import World, distributed_session
 from batude.train.loop import seed_everything
 
@@ -41,6 +42,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                   help="torch.compile the training step in this mode (GPU: fewer kernel launches; compiles in the first steps)")
     p.add_argument("--out", required=True, help="output folder (checkpoint, log, report)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
 
@@ -68,7 +71,7 @@ def _arch_for(name: str, info) -> ArchRef:
 
 def _train_config(args: argparse.Namespace, epochs: int, lr: float) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, label_smoothing=args.label_smoothing,
-                       seed=args.seed, device=args.device, num_workers=args.workers)
+                       seed=args.seed, device=args.device, num_workers=args.workers, compile=args.compile)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

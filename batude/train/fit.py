@@ -17,7 +17,7 @@ from torch import nn
 
 from batude.train.config import TrainConfig
 from batude.train.distributed import local_device, release_ddp, sync_buffers, wrap_ddp
-from batude.train.loop import Diverged, Progress, evaluate, make_optimizer, seed_everything, train_one_epoch
+from batude.train.loop import Diverged, Progress, compiled, evaluate, make_optimizer, seed_everything, train_one_epoch
 from batude.train.runner import Run, set_rng_state
 
 __all__ = ["TrainResult", "train_model", "run_phase"]
@@ -65,7 +65,7 @@ def run_phase(run: Run, phase: str, model: nn.Module, train_loader, test_loader,
         if restore is not None:
             restore(state)
     accuracy = float("nan")
-    trained = wrap_ddp(model, device) if start < epochs else model  # DDP: a collective, on every rank alike
+    trained = compiled(wrap_ddp(model, device), cfg) if start < epochs else model  # DDP: a collective, on every rank alike
     for epoch in range(start, epochs):
         train_loader.set_epoch(epoch)
         label = f"{phase} {epoch + 1}/{epochs}"

@@ -22,7 +22,8 @@ from batude.errors import BatudeError, Diverged
 from batude.train.config import TrainConfig
 from batude.train.distributed import all_reduce_sums
 
-__all__ = ["Diverged", "EpochStats", "Progress", "seed_everything", "make_optimizer", "train_one_epoch", "evaluate", "kd_loss"]
+__all__ = ["Diverged", "EpochStats", "Progress", "seed_everything", "make_optimizer", "compiled", "train_one_epoch", "evaluate",
+           "kd_loss"]
 
 Progress = Callable[[str, int, int, float], None]  # (phase label, step, steps, running loss)
 
@@ -49,6 +50,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float, total_steps: i
     total = max(int(total_steps), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     return optimizer, scheduler
+
+
+def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``model`` under ``torch.compile`` in ``cfg.compile``'s mode (static shapes), or ``model`` when that is None.
+
+    The result shares ``model``'s parameters and buffers; train through it, save and evaluate ``model``.
+    """
+    return model if cfg.compile is None else torch.compile(model, mode=cfg.compile, dynamic=False)
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from batude.data import make_loader
-from batude.errors import Diverged
-from batude.train import TrainConfig, evaluate, train_one_epoch
+from batude.errors import BatudeError, Diverged
+from batude.train import TrainConfig, evaluate, train_model, train_one_epoch
 from batude.train.loop import make_optimizer
 
 CPU = torch.device("cpu")
@@ -48,3 +48,28 @@ def test_a_nan_loss_names_its_own_step_and_reports_none_after_it():
         train_one_epoch(model, loader, opt, sched, cfg, CPU, extra_loss=extra,
                         progress=lambda label, step, steps, loss: seen.append(step))
     assert seen == [1, 2] and len(calls) == 4  # read back one step late: step 4 ran before step 3's check
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5))
+
+
+def test_compiled_training_matches_eager_and_saves_the_plain_model(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(48, 1, 4, 4), torch.randint(0, 5, (48,)))
+    runs = {}
+    for mode in (None, "default"):  # inductor on the CPU: C++ instead of Triton, the same mechanism
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, device="cpu", compile=mode)
+        loader = make_loader(data, 8, True, seed=0)
+        runs[mode] = train_model(_conv_net(), loader, make_loader(data, 16, False, seed=0), cfg, tmp_path / str(mode))
+    eager, comp = runs[None], runs["default"]
+    assert comp.model.state_dict().keys() == eager.model.state_dict().keys()  # no torch.compile wrapper saved
+    for k, v in eager.model.state_dict().items():
+        assert torch.allclose(comp.model.state_dict()[k].float(), v.float(), atol=1e-4), k
+    assert [e["train_loss"] for e in comp.log] == pytest.approx([e["train_loss"] for e in eager.log], rel=1e-4)
+    assert comp.model.state_dict().keys() == torch.load(tmp_path / "default" / "state.pt", weights_only=True)["model"].keys()
+
+
+def test_unknown_compile_mode_is_a_clear_error():
+    with pytest.raises(BatudeError, match="compile must be one of default, reduce-overhead"):
+        TrainConfig(compile="fast")
