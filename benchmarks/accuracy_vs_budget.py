@@ -21,18 +21,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
 import batude
+from batude._io import write_text_atomic
 from batude.bench.env import environment
 from batude.data import DataSpec, load_datasets, make_loader
 from batude.nn import flop_counter_macs
 from batude.rank.bcadl import BCADLConfig
 from batude.train import CompressConfig, TrainConfig, compress, evaluate
 from batude.train.config import COMPILE_MODES
+from batude.train.fit import prepare
 from batude.train.loop import compiled, make_optimizer, seed_everything, train_one_epoch
 
 
@@ -74,25 +77,49 @@ _PER_CALL = {"out", "budgets", "methods", "seeds", "scores", "device", "workers"
              "data_dir"}  # how a call runs, not what it measures (each run records its compile mode)
 
 
-def _earlier_runs(args, dense_accuracy: float) -> list[dict]:
-    """The runs of ``--continue-from``, after checking that they used this call's schedule and dense model."""
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _bcadl_ratio(log: list[dict], plain: float | None) -> float | None:
+    """Mean BC-ADL epoch after the first (which warms up or compiles, like plain's first) over the plain epoch."""
+    admm = [e["seconds"] for e in log if e["phase"] == "admm"]
+    admm = admm[1:] or admm
+    return sum(admm) / len(admm) / plain if admm and plain else None
+
+
+def _earlier(args) -> dict | None:
+    """``--continue-from``'s results, after checking that they used this call's schedule and dense checkpoint."""
     if not args.continue_from:
-        return []
+        return None
     try:
         earlier = json.loads(Path(args.continue_from).read_text())
     except (OSError, ValueError) as err:
         raise SystemExit(f"--continue-from {args.continue_from}: cannot read it ({err}); pass an earlier call's results.json")
     mine, theirs = vars(args), earlier.get("args", {})
-    differ = sorted(k for k in mine.keys() - _PER_CALL if theirs.get(k) != mine[k])
-    if differ or abs(earlier.get("dense_accuracy", -1.0) - dense_accuracy) > 1e-9:
-        what = ", ".join(f"--{k.replace('_', '-')} {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ) or "another dense model"
-        raise SystemExit(f"--continue-from {args.continue_from} used {what}; continue only a run with the same schedule")
-    return [{**run, "from": args.continue_from} for run in earlier["runs"]]
+    differ = [f"--{k.replace('_', '-')} {theirs.get(k)!r} there, {mine[k]!r} here"
+              for k in sorted(mine.keys() - _PER_CALL) if theirs.get(k) != mine[k]]
+    if earlier.get("dense_sha256", _sha256(args.dense)) != _sha256(args.dense):  # older files: the --dense path compared above
+        differ.append(f"another dense checkpoint (sha256 {earlier['dense_sha256'][:12]}...)")
+    if differ:
+        raise SystemExit(f"--continue-from {args.continue_from} used {', '.join(differ)}; continue only a run with the same schedule")
+    return earlier
 
 
-def _plain_epoch_seconds(dense, train_loader, cfg: TrainConfig, device) -> float:
+def _kept_runs(earlier: dict | None, path: str | None) -> list[dict]:
+    """The earlier call's runs, each with the plain epoch of its own call and the ratio by this script's definition."""
+    runs = []
+    for run in (earlier or {}).get("runs", []):
+        plain = run.get("plain_epoch_seconds", earlier.get("plain_epoch_seconds"))
+        runs.append({**run, "plain_epoch_seconds": plain, "bcadl_epoch_vs_plain": _bcadl_ratio(run["log"], plain),
+                     "from": run.get("from") or path})
+    return runs
+
+
+def _plain_epoch_seconds(dense, train_loader, cfg: TrainConfig) -> float:
     """The second of two plain training epochs of the dense model (the first warms kernels and caches, or compiles)."""
-    model = copy.deepcopy(dense).to(device)
+    model = copy.deepcopy(dense)
+    device = prepare(model, cfg)  # the device and memory format compress trains in
     optimizer, scheduler = make_optimizer(model, cfg, cfg.lr, len(train_loader))
     trained = compiled(model, cfg)
     return [train_one_epoch(trained, train_loader, optimizer, scheduler, cfg, device).seconds for _ in range(2)][-1]
@@ -148,17 +175,22 @@ def main(argv=None) -> int:
     device = base.resolved_device()
     pin = device.type == "cuda"  # asynchronous copies to the GPU
     test_loader = make_loader(test, 512, False, 0, pin_memory=pin)
+    earlier = _earlier(args)  # checked before anything slow
     dense_acc = evaluate(ckpt.model.to(device), test_loader, device, base)[1]
-    earlier = _earlier_runs(args, dense_acc)  # checked before anything slow
-    plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0, args.workers, pin_memory=pin), base, device)
-    results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "plain_epoch_seconds": plain,
-               "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape), "runs": earlier}
+    plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0, args.workers, pin_memory=pin), base)
+    results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "dense_sha256": _sha256(args.dense),
+               "plain_epoch_seconds": plain, "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape),
+               "runs": _kept_runs(earlier, args.continue_from)}
+    if earlier:  # the kept runs' own call
+        results["continued_from"] = {"path": args.continue_from, "env": earlier.get("env"), "dense_accuracy": earlier.get("dense_accuracy"),
+                                     "plain_epoch_seconds": earlier.get("plain_epoch_seconds")}
     print(f"dense accuracy {dense_acc:.2f}% on {device}, plain epoch " + (f"{plain:.1f}s" if plain else "not timed"), flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    done = {(r["budget"], r["seed"], r["method"], r["score"]) for r in results["runs"]}
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    done = {(r["budget"], r["seed"], r["method"], r["score"]): r["from"] for r in results["runs"]}
     for budget, seed, method, score in _runs(args):
         if (budget, seed, method, score) in done:
-            print(f"{budget} seed {seed} {method}: kept from {args.continue_from}", flush=True)
+            print(f"{budget} seed {seed} {method}: kept from {done[budget, seed, method, score]}", flush=True)
             continue
         seed_everything(seed)
         train_loader = make_loader(train, args.batch_size, True, seed, args.workers, pin_memory=pin)
@@ -166,17 +198,15 @@ def main(argv=None) -> int:
         res = compress(copy.deepcopy(ckpt.model), train_loader, test_loader, budget, _compress_config(args, base, seed, method, score),
                        progress=_epoch_lines(f"{budget} seed {seed} {method}"))
         macs = flop_counter_macs(res.model.cpu().float(), shape)
-        admm_s = [e["seconds"] for e in res.log if e["phase"] == "admm"]
-        admm_s = admm_s[1:] or admm_s  # the first epoch warms up (or compiles), like plain's first
         run = {"budget": budget, "seed": seed, "method": method, "score": score, "dense_accuracy": res.dense_accuracy,
                "decomposed_accuracy": res.decomposed_accuracy, "accuracy": res.accuracy, "drop": res.dense_accuracy - res.accuracy,
                "macs": macs, "macs_reduction": results["dense_macs"] / macs,
-               "bcadl_epoch_vs_plain": (sum(admm_s) / len(admm_s) / plain) if admm_s and plain else None, "compile": args.compile,
+               "plain_epoch_seconds": plain, "bcadl_epoch_vs_plain": _bcadl_ratio(res.log, plain), "compile": args.compile,
                "ranks": {l.name: (list(l.ranks) if l.ranks else None) for l in res.plan.layers},
                "seconds": round(time.perf_counter() - start, 1), "log": res.log}
         results["runs"].append(run)
         print(_summary(run), flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")  # a cut-short call leaves whole runs
     print(table(results))
     plot(results, out / "accuracy_vs_budget.png")
     return 0

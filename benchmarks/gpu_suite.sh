@@ -22,8 +22,9 @@
 #                                                      #   (then with compile rows, now with dense compile-graph instead)
 #   PART=accuracy BUDGETS=2.5x METHODS=batude,uniform DENSE=benchmarks/results/fmnist_resnet20_dense30/model.pt
 #                                                      #   BATUDE vs uniform at 2.5x, 10+10 epochs each, one run after
-#                                                      #   another (~5.5 min: plain epoch 6.0 s, BC-ADL 1.67x on 2026-11-26;
-#                                                      #   without DENSE it first trains one, 30 epochs)
+#                                                      #   another (173-192 s a run eager on 2026-11-26: plain epoch 5.9 s,
+#                                                      #   BC-ADL 1.17x, fine-tuning 8-10 s; without DENSE it first trains
+#                                                      #   one, 30 epochs)
 #   PART=accuracy BUDGETS=2.5x,4x SEEDS=0,1 DENSE=<dense/model.pt> ... # on a dense model a session committed
 #                                                      #   (ACC_ARGS: more accuracy_vs_budget.py options, e.g. "--kd", or
 #                                                      #   "--continue-from benchmarks/results/<dir>/results.json": skip the
@@ -31,7 +32,8 @@
 #   PART=train-speed DENSE=benchmarks/results/fmnist_resnet20_dense30/model.pt  # training ms/step, eager vs torch.compile
 #                                                      #   (default, reduce-overhead) for dense, BC-ADL, decomposed (~4 min?)
 #   PART=latency-accuracy DENSE=<model.pt> bash ...    # FLOPs vs matched latency budget, accuracy and ms (~6 min?;
-#                                                      #   trains the dense model first when DENSE is not given)
+#                                                      #   trains the dense model first when DENSE is not given; LA_ARGS:
+#                                                      #   more latency_budget_accuracy.py options, e.g. "--compile default")
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
 #   SMOKE=1 PART=... bash benchmarks/gpu_suite.sh      # tiny schedule on the CPU: checks the script itself
 #   LUT_DIR=benchmarks/results/<dir> PART=...           # latency parts: reuse the tables a cut-short session saved
@@ -93,7 +95,7 @@ if has latency-accuracy; then  # issue 7: at equal measured latency, the latency
   if [ "${SMOKE:-0}" = 1 ]; then LA="--device cpu --dtype fp32 --batch 8 --points 2 --iters 3"; else
     LA="--device cuda --dtype fp16 --lut-backend cuda-graph --batch 64"; fi
   python3 benchmarks/latency_budget_accuracy.py --dense "$DENSE" --out "$OUT/latency_budget_accuracy" --data-dir "$DATA" \
-    $SUBSET $LA --epochs-admm "$ADMM" --epochs-ft "$FT" --workers "$WORKERS"
+    $SUBSET $LA --epochs-admm "$ADMM" --epochs-ft "$FT" --workers "$WORKERS" ${LA_ARGS:-}
 fi
 if has tests; then
   python3 -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests --ignore=tests/kernels 2>&1 | tee "$OUT/gpu_tests.txt" || true

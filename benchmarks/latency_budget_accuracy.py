@@ -35,6 +35,7 @@ from batude.data import DataSpec, load_datasets, make_loader
 from batude.export.lower import apply_variants
 from batude.nn import flop_counter_macs
 from batude.train import CompressConfig, TrainConfig, compress, evaluate
+from batude.train.config import COMPILE_MODES
 from batude.train.loop import seed_everything
 
 
@@ -56,12 +57,14 @@ def _args(argv=None):
     p.add_argument("--points", type=int, default=4)
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None, help="torch.compile mode for the training phases")
     return p.parse_args(argv)
 
 
 def _compress(args, dense, loaders, budget: str, lut: LatencyTable) -> tuple:
     seed_everything(args.seed)
-    train = TrainConfig(epochs=args.epochs_admm + args.epochs_ft, device=args.device, seed=args.seed, num_workers=args.workers)
+    train = TrainConfig(epochs=args.epochs_admm + args.epochs_ft, device=args.device, seed=args.seed, num_workers=args.workers,
+                        compile=args.compile)
     cfg = CompressConfig(method="batude", epochs_admm=args.epochs_admm, epochs_ft=args.epochs_ft,
                          updates_per_epoch=args.updates_per_epoch, train=train)
     started = time.perf_counter()

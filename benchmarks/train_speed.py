@@ -33,6 +33,7 @@ from batude.rank.plan import apply_plan_
 from batude.rank.selectors import select_ranks
 from batude.train import TrainConfig
 from batude.train.config import COMPILE_MODES
+from batude.train.fit import prepare
 from batude.train.loop import compiled, make_optimizer, seed_everything, train_one_epoch
 
 MODELS = ("dense", "bcadl", "decomposed")
@@ -58,24 +59,23 @@ def _args(argv=None):
     return args
 
 
-def _model(kind: str, dense: torch.nn.Module, budget: str, shape: tuple[int, ...], steps: int) -> tuple[torch.nn.Module, BCADL | None]:
+def _model(kind: str, dense: torch.nn.Module, budget: str, shape: tuple[int, ...], steps: int,
+           cfg: TrainConfig) -> tuple[torch.nn.Module, BCADL | None, torch.device]:
+    """The model on its training device (as ``compress`` places it), and BC-ADL's state built there."""
     model = copy.deepcopy(dense)
     if kind == "decomposed":
-        return apply_plan_(model, select_ranks(model, budget, "uniform", input_shape=shape)), None
+        apply_plan_(model, select_ranks(model, budget, "uniform", input_shape=shape))
+    device = prepare(model, cfg)
     if kind == "bcadl":  # Z/U updates 4 times an epoch, as in accuracy_vs_budget's GPU schedule
-        return model, BCADL(model, budget, BCADLConfig(period=max(1, steps // 4)), input_shape=shape)
-    return model, None
+        return model, BCADL(model, budget, BCADLConfig(period=max(1, steps // 4)), input_shape=shape), device
+    return model, None, device
 
 
 def time_epochs(kind: str, mode: str, dense, loader, cfg: TrainConfig, budget: str, shape) -> dict:
     """Two epochs of ``kind`` trained through ``mode``; their seconds and the steady ms per step."""
     seed_everything(0)
     cfg = TrainConfig(**{**cfg.to_dict(), "compile": None if mode == "eager" else mode})
-    device = cfg.resolved_device()
-    model, admm = _model(kind, dense, budget, shape, len(loader))
-    model.to(device)
-    if cfg.use_channels_last(device):
-        model.to(memory_format=torch.channels_last)
+    model, admm, device = _model(kind, dense, budget, shape, len(loader), cfg)
     optimizer, scheduler = make_optimizer(model, cfg, cfg.lr, 2 * len(loader))
     trained = compiled(model, cfg)
     hooks = {"extra_loss": admm.penalty, "after_step": admm.step} if admm else {}

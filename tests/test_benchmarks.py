@@ -55,6 +55,12 @@ def test_accuracy_vs_budget_writes_results_and_plot(tmp_path, capsys):
     merged = json.loads((tmp_path / "more" / "results.json").read_text())
     assert merged["runs"][:2] == [{**r, "from": str(tmp_path / "out" / "results.json")} for r in results["runs"]]
     assert [r["method"] for r in merged["runs"]] == ["batude", "uniform", "energy"] and "from" not in merged["runs"][2]
+    # continuing a continued file keeps where each run was measured, and reruns nothing that is there
+    again = [*common[:-1], str(tmp_path / "more" / "results.json"), "--epochs-ft", "0", "--out", str(tmp_path / "again")]
+    assert bench.main(again) == 0
+    runs = json.loads((tmp_path / "again" / "results.json").read_text())["runs"]
+    assert [r["from"] for r in runs] == [str(tmp_path / "out" / "results.json")] * 2 + [str(tmp_path / "more" / "results.json")]
+    assert runs[0]["plain_epoch_seconds"] == results["plain_epoch_seconds"] and runs[0]["bcadl_epoch_vs_plain"] > 0
     assert bench.main(["--replot", str(tmp_path / "more" / "results.json"), "--out", str(tmp_path / "replot")]) == 0
     assert "| 2x | energy | 1 |" in capsys.readouterr().out and (tmp_path / "replot" / "accuracy_vs_budget.png").is_file()
 

@@ -179,6 +179,8 @@ class BCADL:
     def _z_step(self) -> None:
         weights = self._weights()
         if not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):  # the SVDs would fail on them
+            if self.steps == 0:
+                raise BatudeError("the model's weights are not all finite before BC-ADL starts; check the checkpoint")
             raise Diverged(f"training diverged: the weights are not finite at BC-ADL update {self.updates + 1}")
         factors = []
         for cand, w, splits in zip(self.problem.candidates, weights, self.splits):

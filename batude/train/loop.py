@@ -56,8 +56,14 @@ def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """``model`` under ``torch.compile`` in ``cfg.compile``'s mode (static shapes), or ``model`` when that is None.
 
     The result shares ``model``'s parameters and buffers; train through it, save and evaluate ``model``.
+    Compiling resets dynamo's caches first: they are keyed by the forward's code, which every
+    architecture of a sweep shares, and past the recompile limit (8) dynamo would silently run eager.
+    Phases run one after another, so the previous phase's graphs are no longer needed.
     """
-    return model if cfg.compile is None else torch.compile(model, mode=cfg.compile, dynamic=False)
+    if cfg.compile is None:
+        return model
+    torch._dynamo.reset()
+    return torch.compile(model, mode=cfg.compile, dynamic=False)
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

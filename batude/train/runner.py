@@ -2,7 +2,8 @@
 
 ``state.pt`` holds plain data only (weights, optimiser and scheduler state, torch RNG states, the
 phase and epoch, and whatever the caller adds such as BC-ADL's Z/U), is written atomically, and is
-read back with ``torch.load(weights_only=True)``. A run refuses to resume with different options.
+read back with ``torch.load(weights_only=True)``. A run refuses to resume with different options
+(other than ``compile``, which changes how steps execute, not what they compute).
 In a data-parallel run only rank 0 creates the folder and writes; every rank reads ``state.pt``
 to resume (the folder must be visible to all of them).
 """
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 
 STATE, LOG = "state.pt", "log.json"
 _FORMAT = "batude-run"
+_HOW_NOT_WHAT = frozenset({"compile"})  # options that change how a run executes, not what it computes: free on resume
+
+
+def _what_it_computes(config: Any) -> Any:
+    """``config`` without :data:`_HOW_NOT_WHAT` keys at any depth (older runs' states also lack them)."""
+    if isinstance(config, dict):
+        return {k: _what_it_computes(v) for k, v in config.items() if k not in _HOW_NOT_WHAT}
+    return config
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,7 +85,7 @@ class Run:
             raise BatudeError(f"cannot resume: {path} is unreadable ({type(err).__name__}); remove it to start over") from None
         if not isinstance(state, dict) or state.get("format") != _FORMAT or state.get("kind") != self.kind:
             raise BatudeError(f"cannot resume: {path} is not a batude {self.kind} run; choose another --out")
-        if state.get("config") != self.config:
+        if _what_it_computes(state.get("config")) != _what_it_computes(self.config):
             raise BatudeError(f"cannot resume: the run in {self.dir} used different options; rerun with the same options or another --out")
         log.info("resuming %s run from %s (phase %s, epoch %s)", self.kind, path, state.get("phase"), state.get("epoch"))
         return state

@@ -208,3 +208,11 @@ def test_update_on_non_finite_weights_is_a_divergence_not_an_svd_failure():
         admm.problem.candidates[3].module.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(Diverged, match="weights are not finite at BC-ADL update 1"):
         admm.step()
+
+
+def test_non_finite_weights_before_training_are_a_checkpoint_error():
+    model = _model()
+    with torch.no_grad():
+        model.layer2[0].conv2.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(BatudeError, match="not all finite before BC-ADL starts; check the checkpoint"):
+        BCADL(model, "2x", input_shape=SHAPE)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._dynamo.utils import counters
 
 from batude.data import make_loader
 from batude.errors import BatudeError, Diverged
@@ -57,11 +58,14 @@ def _conv_net():
 
 def test_compiled_training_matches_eager_and_saves_the_plain_model(tmp_path):
     data = torch.utils.data.TensorDataset(torch.randn(48, 1, 4, 4), torch.randint(0, 5, (48,)))
-    runs = {}
+    runs, graphs = {}, {}
     for mode in (None, "default"):  # inductor on the CPU: C++ instead of Triton, the same mechanism
         cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, device="cpu", compile=mode)
         loader = make_loader(data, 8, True, seed=0)
+        counters.clear()
         runs[mode] = train_model(_conv_net(), loader, make_loader(data, 16, False, seed=0), cfg, tmp_path / str(mode))
+        graphs[mode] = counters["stats"]["unique_graphs"]
+    assert graphs[None] == 0 and graphs["default"] > 0  # the option reaches the training phase
     eager, comp = runs[None], runs["default"]
     assert comp.model.state_dict().keys() == eager.model.state_dict().keys()  # no torch.compile wrapper saved
     for k, v in eager.model.state_dict().items():
@@ -73,3 +77,30 @@ def test_compiled_training_matches_eager_and_saves_the_plain_model(tmp_path):
 def test_unknown_compile_mode_is_a_clear_error():
     with pytest.raises(BatudeError, match="compile must be one of default, reduce-overhead"):
         TrainConfig(compile="fast")
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_may_switch_compile_and_read_states_saved_before_the_option(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(32, 1, 4, 4), torch.randint(0, 5, (32,)))
+    loaders = make_loader(data, 8, True, seed=0), make_loader(data, 16, False, seed=0)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, device="cpu")
+    whole = train_model(_conv_net(), *loaders, cfg, tmp_path / "whole")
+
+    def stop_in_epoch_2(label, step, steps, loss):
+        if label == "train 2/2":
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_model(_conv_net(), *loaders, cfg, tmp_path / "cut", progress=stop_in_epoch_2)
+    state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
+    del state["config"]["train"]["compile"]  # as a state written before the option existed
+    torch.save(state, tmp_path / "cut" / "state.pt")
+    with pytest.raises(BatudeError, match="different options"):  # what a run computes must still match
+        train_model(_conv_net(), *loaders, TrainConfig(**{**cfg.to_dict(), "lr": 0.01}), tmp_path / "cut", resume=True)
+    resumed = train_model(_conv_net(), *loaders, TrainConfig(**{**cfg.to_dict(), "compile": "default"}), tmp_path / "cut", resume=True)
+    assert [e["epoch"] for e in resumed.log] == [1, 2]
+    for k, v in whole.model.state_dict().items():
+        assert torch.allclose(resumed.model.state_dict()[k].float(), v.float(), atol=1e-4), k
