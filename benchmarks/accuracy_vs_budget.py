@@ -106,11 +106,23 @@ def _earlier(args) -> dict | None:
     return earlier
 
 
+def _plain_of(run: dict, earlier: dict) -> float | None:
+    """The plain epoch timed in the call that measured ``run`` (older files keep it only at their top level)."""
+    if run.get("plain_epoch_seconds") is not None:
+        return run["plain_epoch_seconds"]
+    if run.get("from"):  # measured in a call before the earlier one
+        try:
+            return json.loads(Path(run["from"]).read_text()).get("plain_epoch_seconds")
+        except (OSError, ValueError):
+            return None
+    return earlier.get("plain_epoch_seconds")
+
+
 def _kept_runs(earlier: dict | None, path: str | None) -> list[dict]:
     """The earlier call's runs, each with the plain epoch of its own call and the ratio by this script's definition."""
     runs = []
     for run in (earlier or {}).get("runs", []):
-        plain = run.get("plain_epoch_seconds", earlier.get("plain_epoch_seconds"))
+        plain = _plain_of(run, earlier)
         runs.append({**run, "plain_epoch_seconds": plain, "bcadl_epoch_vs_plain": _bcadl_ratio(run["log"], plain),
                      "from": run.get("from") or path})
     return runs

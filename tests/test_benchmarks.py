@@ -188,3 +188,15 @@ def test_train_speed_times_every_model_and_mode(tmp_path, capsys):
     assert "| decomposed | eager |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.main(["--dense", "x", "--out", str(tmp_path / "bad"), "--modes", "eager,fast"])
+
+
+def test_accuracy_vs_budget_finds_each_kept_runs_plain_epoch(tmp_path):
+    """Files written before runs stored their own plain epoch: it comes from the file of the call that measured them."""
+    bench = _script("accuracy_vs_budget")
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps({"plain_epoch_seconds": 2.0, "runs": []}))
+    log = [{"phase": "admm", "seconds": s} for s in (9.0, 3.0, 5.0)] + [{"phase": "finetune", "seconds": 1.0}]
+    earlier = {"plain_epoch_seconds": None, "runs": [{"log": log, "from": str(first)}, {"log": log}]}
+    kept = bench._kept_runs(earlier, "second.json")
+    assert [(r["plain_epoch_seconds"], r["bcadl_epoch_vs_plain"], r["from"]) for r in kept] == [
+        (2.0, 2.0, str(first)), (None, None, "second.json")]  # (3 + 5) / 2 / 2: the first BC-ADL epoch warms up
