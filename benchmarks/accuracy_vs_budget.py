@@ -4,7 +4,8 @@ For each budget, method (and BC-ADL score, for BATUDE) and seed: compress a copy
 checkpoint with ``batude.train.compress`` (BATUDE: E_admm BC-ADL + E_ft fine-tuning epochs;
 baselines: E_admm + E_ft fine-tuning epochs), measure FLOPs with FlopCounterMode and test
 accuracy. Also times one plain training epoch of the dense model (the second of two) and reports
-BC-ADL's mean epoch time after its first epoch relative to it (the first epochs warm up or compile). Writes ``results.json``, ``accuracy_vs_budget.png`` and prints a Markdown table.
+BC-ADL's mean epoch time after its first epoch relative to it (first epochs warm up or compile).
+Writes ``results.json``, ``accuracy_vs_budget.png`` and prints a Markdown table.
 
 Dense checkpoint: ``batude train --model resnet20 --data fashion-mnist --epochs N --out DIR``
 (then pass ``--dense DIR/model.pt``).

@@ -110,10 +110,10 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over ``loader``: ``loss = CE(+label smoothing) [+ KD] [+ extra_loss()]``.
 
-    ``after_step`` runs after each optimiser step (BC-ADL's ``step``). Raises
-    :class:`Diverged` (a :class:`BatudeError`) when a loss is not finite, at most one step later
-    (see :class:`_Tally`). ``model`` may be a DDP
-    wrapper; with a sharded loader the returned loss and accuracy are over all ranks' examples.
+    ``after_step`` runs after each optimiser step (BC-ADL's ``step``). Raises :class:`Diverged` (a
+    :class:`BatudeError`) when a loss is not finite, at most one step later (see :class:`_Tally`).
+    ``model`` may be a DDP wrapper; with a sharded loader the returned loss and accuracy are over
+    all ranks' examples.
     """
     model.train()
     amp, channels_last = cfg.use_amp(device), cfg.use_channels_last(device)
@@ -151,10 +151,11 @@ class _Tally:
 
     Reading a CUDA value waits for the GPU. Reading step k's loss right after queueing step k would
     leave the GPU idle while Python queues step k + 1; reading it after step k + 1 is queued keeps
-    the GPU busy (a gain only where the GPU's work is the bottleneck: the Fashion-MNIST ResNet-20
-    epoch on an H100, bound by the host's kernel launches, stayed at 5.9 s). Cost of the delay: a NaN loss is reported one step later, after one more
-    optimizer step, so the weights in memory are then NaN too; the run stops with :class:`Diverged`
-    either way and its last checkpoint is from before the bad epoch.
+    the GPU busy. That gains only where the GPU's work is the bottleneck: the Fashion-MNIST
+    ResNet-20 epoch on an H100, bound by the host's kernel launches, stayed at 5.9 s. Cost of the
+    delay: a NaN loss is reported one step later, after one more optimizer step, so the weights in
+    memory are then NaN too; the run stops with :class:`Diverged` either way and its last
+    checkpoint is from before the bad epoch.
     """
 
     def __init__(self, sharded: bool, steps: int, label: str, progress: Progress | None) -> None:
