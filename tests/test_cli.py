@@ -330,3 +330,14 @@ def test_demo_pipeline_on_a_tiny_schedule(tmp_path):
 def test_demo_command_is_wired(capsys):
     assert main(["demo", "--help"]) == 0
     assert "--full" in capsys.readouterr().out
+
+
+def test_progress_bar_in_a_log_file_prints_whole_lines_not_redraws(capsys):
+    from batude.cli._common import ProgressBar
+
+    bar = ProgressBar()  # pytest's captured stderr is not a terminal, like a log file or CI
+    for step in range(1, 201):
+        bar("train 1/1", step, 200, 0.25)
+    bar("export", 1, 1, note="done")
+    assert capsys.readouterr().err.splitlines() == [
+        "train 1/1        [########################] 200/200 loss 0.2500", "export           [########################] 1/1 done"]

@@ -93,23 +93,30 @@ _open_line = False  # a progress line without its newline is on stderr
 
 
 class ProgressBar:
-    """``label [#####     ] step/steps loss x`` (or a note) on stderr, redrawn at most 10 times a second."""
+    """``label [#####     ] step/steps loss x`` (or a note) on stderr, redrawn at most 10 times a second.
 
-    def __init__(self, width: int = 24) -> None:
-        self.width, self._last = width, 0.0
+    When stderr is not a terminal (a log file, CI), the bar is not redrawn in place: it prints one
+    line when a phase finishes and at most one line every ``log_every`` seconds before that.
+    """
+
+    def __init__(self, width: int = 24, log_every: float = 30.0) -> None:
+        self.width, self.log_every, self._last = width, log_every, 0.0
+        self._phase_started: dict[str, float] = {}
 
     def __call__(self, label: str, step: int, steps: int, loss: float | None = None, note: str = "") -> None:
         now = time.monotonic()
-        if step < steps and now - self._last < 0.1:
+        tty = sys.stderr.isatty()
+        started = self._phase_started.setdefault(label, now)
+        if step < steps and now - (self._last if tty else max(self._last, started)) < (0.1 if tty else self.log_every):
             return
         self._last = now
         filled = int(self.width * step / max(steps, 1))
         bar = "#" * filled + " " * (self.width - filled)
         global _open_line
-        _open_line = step < steps
-        end = "" if _open_line else "\n"
+        _open_line = tty and step < steps
         tail = f"loss {loss:.4f}" if loss is not None else note
-        print(f"\r{label:<16} [{bar}] {step}/{steps} {tail:<40}", end=end, file=sys.stderr, flush=True)
+        line = f"{label:<16} [{bar}] {step}/{steps} {tail:<40}"
+        print(f"\r{line}" if tty else line.rstrip(), end="" if _open_line else "\n", file=sys.stderr, flush=True)
 
 
 def _fresh_line() -> str:
