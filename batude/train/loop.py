@@ -131,12 +131,13 @@ def train_one_epoch(
                 loss = (1 - kd_alpha) * loss + kd_alpha * kd_loss(logits.float(), t_logits.float(), kd_temperature)
         if extra_loss is not None:
             loss = loss + extra_loss()
+        hits = (logits.argmax(1) == y).sum()  # now: under CUDA graphs (compile reduce-overhead) a later replay may reuse its memory
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         tally.read_back()  # the previous step's numbers: its kernels ran while this step's were queued
-        tally.hold(step, loss.detach(), (logits.argmax(1) == y).sum(), len(y))
+        tally.hold(step, loss.detach(), hits, len(y))
         if after_step is not None:
             after_step()
     tally.read_back()
