@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import sys
@@ -36,8 +37,8 @@ from batude.nn import flop_counter_macs
 from batude.rank.bcadl import BCADLConfig
 from batude.train import CompressConfig, TrainConfig, compress, evaluate
 from batude.train.config import COMPILE_MODES
-from batude.train.fit import prepare
-from batude.train.loop import compiled, make_optimizer, seed_everything, train_one_epoch
+from batude.train.fit import epoch_seconds
+from batude.train.loop import seed_everything
 
 
 def _args(argv=None):
@@ -89,7 +90,7 @@ def _bcadl_ratio(log: list[dict], plain: float | None) -> float | None:
     return sum(admm) / len(admm) / plain if admm and plain else None
 
 
-def _earlier(args) -> dict | None:
+def _earlier(args, dense_sha256: str) -> dict | None:
     """``--continue-from``'s results, after checking that they used this call's schedule and dense checkpoint."""
     if not args.continue_from:
         return None
@@ -100,22 +101,27 @@ def _earlier(args) -> dict | None:
     mine, theirs = vars(args), earlier.get("args", {})
     differ = [f"--{k.replace('_', '-')} {theirs.get(k)!r} there, {mine[k]!r} here"
               for k in sorted(mine.keys() - _PER_CALL) if theirs.get(k) != mine[k]]
-    if earlier.get("dense_sha256", _sha256(args.dense)) != _sha256(args.dense):  # older files: the --dense path compared above
+    if earlier.get("dense_sha256", dense_sha256) != dense_sha256:  # older files: the --dense path compared above
         differ.append(f"another dense checkpoint (sha256 {earlier['dense_sha256'][:12]}...)")
     if differ:
         raise SystemExit(f"--continue-from {args.continue_from} used {', '.join(differ)}; continue only a run with the same schedule")
     return earlier
 
 
+@functools.lru_cache(maxsize=None)
+def _file_plain(path: str) -> float | None:
+    try:
+        return json.loads(Path(path).read_text()).get("plain_epoch_seconds")
+    except (OSError, ValueError):
+        return None
+
+
 def _plain_of(run: dict, earlier: dict) -> float | None:
     """The plain epoch timed in the call that measured ``run`` (older files keep it only at their top level)."""
     if run.get("plain_epoch_seconds") is not None:
         return run["plain_epoch_seconds"]
-    if run.get("from"):  # measured in a call before the earlier one
-        try:
-            return json.loads(Path(run["from"]).read_text()).get("plain_epoch_seconds")
-        except (OSError, ValueError):
-            return None
+    if run.get("from"):  # measured in a call before the earlier one (one read per file)
+        return _file_plain(run["from"])
     return earlier.get("plain_epoch_seconds")
 
 
@@ -131,11 +137,7 @@ def _kept_runs(earlier: dict | None, path: str | None) -> list[dict]:
 
 def _plain_epoch_seconds(dense, train_loader, cfg: TrainConfig) -> float:
     """The second of two plain training epochs of the dense model (the first warms kernels and caches, or compiles)."""
-    model = copy.deepcopy(dense)
-    device = prepare(model, cfg)  # the device and memory format compress trains in
-    optimizer, scheduler = make_optimizer(model, cfg, cfg.lr, len(train_loader))
-    trained = compiled(model, cfg)
-    return [train_one_epoch(trained, train_loader, optimizer, scheduler, cfg, device).seconds for _ in range(2)][-1]
+    return epoch_seconds(copy.deepcopy(dense), train_loader, cfg, epochs=2)[-1]
 
 
 def _runs(args):
@@ -188,10 +190,11 @@ def main(argv=None) -> int:
     device = base.resolved_device()
     pin = device.type == "cuda"  # asynchronous copies to the GPU
     test_loader = make_loader(test, 512, False, 0, pin_memory=pin)
-    earlier = _earlier(args)  # checked before anything slow
+    dense_sha256 = _sha256(args.dense)
+    earlier = _earlier(args, dense_sha256)  # checked before anything slow
     dense_acc = evaluate(ckpt.model.to(device), test_loader, device, base)[1]
     plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0, args.workers, pin_memory=pin), base)
-    results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "dense_sha256": _sha256(args.dense),
+    results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "dense_sha256": dense_sha256,
                "plain_epoch_seconds": plain, "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape),
                "runs": _kept_runs(earlier, args.continue_from)}
     if earlier:  # the kept runs' own call

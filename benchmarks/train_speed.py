@@ -33,8 +33,8 @@ from batude.rank.plan import apply_plan_
 from batude.rank.selectors import select_ranks
 from batude.train import TrainConfig
 from batude.train.config import COMPILE_MODES
-from batude.train.fit import prepare
-from batude.train.loop import compiled, make_optimizer, seed_everything, train_one_epoch
+from batude.train.fit import epoch_seconds, prepare
+from batude.train.loop import seed_everything
 
 MODELS = ("dense", "bcadl", "decomposed")
 
@@ -60,29 +60,24 @@ def _args(argv=None):
 
 
 def _model(kind: str, dense: torch.nn.Module, budget: str, shape: tuple[int, ...], steps: int,
-           cfg: TrainConfig) -> tuple[torch.nn.Module, BCADL | None, torch.device]:
-    """The model on its training device (as ``compress`` places it), and BC-ADL's state built there."""
+           cfg: TrainConfig) -> tuple[torch.nn.Module, dict]:
+    """The model on its training device (as ``compress`` places it), with BC-ADL's hooks built there."""
     model = copy.deepcopy(dense)
     if kind == "decomposed":
         apply_plan_(model, select_ranks(model, budget, "uniform", input_shape=shape))
-    device = prepare(model, cfg)
+    prepare(model, cfg)
     if kind == "bcadl":  # Z/U updates 4 times an epoch, as in accuracy_vs_budget's GPU schedule
-        return model, BCADL(model, budget, BCADLConfig(period=max(1, steps // 4)), input_shape=shape), device
-    return model, None, device
+        admm = BCADL(model, budget, BCADLConfig(period=max(1, steps // 4)), input_shape=shape)
+        return model, {"extra_loss": admm.penalty, "after_step": admm.step}
+    return model, {}
 
 
 def time_epochs(kind: str, mode: str, dense, loader, cfg: TrainConfig, budget: str, shape) -> dict:
     """Two epochs of ``kind`` trained through ``mode``; their seconds and the steady ms per step."""
     seed_everything(0)
     cfg = TrainConfig(**{**cfg.to_dict(), "compile": None if mode == "eager" else mode})
-    model, admm, device = _model(kind, dense, budget, shape, len(loader), cfg)
-    optimizer, scheduler = make_optimizer(model, cfg, cfg.lr, 2 * len(loader))
-    trained = compiled(model, cfg)
-    hooks = {"extra_loss": admm.penalty, "after_step": admm.step} if admm else {}
-    seconds = []
-    for epoch in range(2):
-        loader.set_epoch(epoch)
-        seconds.append(train_one_epoch(trained, loader, optimizer, scheduler, cfg, device, **hooks).seconds)
+    model, hooks = _model(kind, dense, budget, shape, len(loader), cfg)
+    seconds = epoch_seconds(model, loader, cfg, epochs=2, hooks=hooks)
     return {"model": kind, "mode": mode, "steps": len(loader), "first_epoch_s": seconds[0], "epoch_s": seconds[1],
             "ms_per_step": seconds[1] / len(loader) * 1e3}
 

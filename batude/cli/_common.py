@@ -100,14 +100,16 @@ class ProgressBar:
     """
 
     def __init__(self, width: int = 24, log_every: float = 30.0) -> None:
-        self.width, self.log_every, self._last = width, log_every, 0.0
-        self._phase_started: dict[str, float] = {}
+        self.width, self.log_every, self._last, self._label = width, log_every, 0.0, ""
 
     def __call__(self, label: str, step: int, steps: int, loss: float | None = None, note: str = "") -> None:
         now = time.monotonic()
         tty = sys.stderr.isatty()
-        started = self._phase_started.setdefault(label, now)
-        if step < steps and now - (self._last if tty else max(self._last, started)) < (0.1 if tty else self.log_every):
+        if label != self._label:
+            self._label = label
+            if not tty:  # a new phase in a log: its first line is due log_every seconds from now
+                self._last = now
+        if step < steps and now - self._last < (0.1 if tty else self.log_every):
             return
         self._last = now
         filled = int(self.width * step / max(steps, 1))

@@ -20,7 +20,7 @@ from batude.train.distributed import local_device, release_ddp, sync_buffers, wr
 from batude.train.loop import Diverged, Progress, compiled, evaluate, make_optimizer, seed_everything, train_one_epoch
 from batude.train.runner import Run, set_rng_state
 
-__all__ = ["TrainResult", "train_model", "run_phase"]
+__all__ = ["TrainResult", "train_model", "run_phase", "epoch_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +101,20 @@ def train_model(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, o
     if cfg.epochs == 0:
         accuracy = evaluate(model, test_loader, device, cfg)[1]
     return TrainResult(model, accuracy, run.log)
+
+
+def epoch_seconds(model: nn.Module, train_loader, cfg: TrainConfig, epochs: int = 2, hooks: dict[str, Any] | None = None) -> list[float]:
+    """Train ``model`` (in place) ``epochs`` epochs as a phase trains it and return each epoch's seconds.
+
+    Same device, memory format, optimiser and ``cfg.compile`` as :func:`run_phase`, without its
+    checkpoints and evaluation: for speed measurements. ``hooks`` as in :func:`train_one_epoch`
+    (build BC-ADL after :func:`prepare`, so that its state is on the model's device).
+    """
+    device = prepare(model, cfg)
+    optimizer, scheduler = make_optimizer(model, cfg, cfg.lr, epochs * len(train_loader))
+    trained = compiled(model, cfg)
+    seconds = []
+    for epoch in range(epochs):
+        train_loader.set_epoch(epoch)
+        seconds.append(train_one_epoch(trained, train_loader, optimizer, scheduler, cfg, device, **(hooks or {})).seconds)
+    return seconds
