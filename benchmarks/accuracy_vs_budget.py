@@ -237,13 +237,14 @@ def _groups(results):
 
 
 def table(results) -> str:
-    lines = ["| budget | method | seeds | FLOPs reduction | accuracy % (mean) | drop vs dense (pt) | before fine-tune % | BC-ADL epoch / plain |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| budget | method | seeds | FLOPs reduction | accuracy % (mean) | per seed | drop vs dense (pt) | before fine-tune % | BC-ADL epoch / plain |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (budget, name), runs in _groups(results).items():
         mean = lambda k: sum(r[k] for r in runs) / len(runs)  # noqa: E731
         ratio = [r["bcadl_epoch_vs_plain"] for r in runs if r["bcadl_epoch_vs_plain"]]
         ratio_text = f"{sum(ratio) / len(ratio):.2f}x" if ratio else "-"
-        lines.append(f"| {budget} | {name} | {len(runs)} | {mean('macs_reduction'):.3f}x | {mean('accuracy'):.2f} | "
+        per_seed = ", ".join(f"{r['accuracy']:.2f}" for r in sorted(runs, key=lambda r: r["seed"]))  # the spread one mean hides
+        lines.append(f"| {budget} | {name} | {len(runs)} | {mean('macs_reduction'):.3f}x | {mean('accuracy'):.2f} | {per_seed} | "
                      f"{mean('drop'):+.2f} | {mean('decomposed_accuracy'):.2f} | {ratio_text} |")
     return "\n".join(lines)
 
@@ -257,9 +258,11 @@ def plot(results, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     names = sorted({name for _, name in _groups(results)})
     for name in names:
-        pts = sorted((sum(r["macs_reduction"] for r in runs) / len(runs), sum(r["accuracy"] for r in runs) / len(runs))
+        pts = sorted((sum(r["macs_reduction"] for r in runs) / len(runs), [r["accuracy"] for r in runs])
                      for (b, n), runs in _groups(results).items() if n == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        means = [sum(acc) / len(acc) for _, acc in pts]
+        spread = [[m - min(acc) for m, (_, acc) in zip(means, pts)], [max(acc) - m for m, (_, acc) in zip(means, pts)]]
+        ax.errorbar([p[0] for p in pts], means, yerr=spread, marker="o", capsize=3, label=name)  # bars: lowest to highest seed
     ax.axhline(results["dense_accuracy"], color="gray", linestyle="--", label="dense")
     ax.ticklabel_format(axis="x", useOffset=False)  # budgets are met within 1%: no "+2.5" offset axis
     low, high = ax.get_xlim()

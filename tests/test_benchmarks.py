@@ -200,3 +200,14 @@ def test_accuracy_vs_budget_finds_each_kept_runs_plain_epoch(tmp_path):
     kept = bench._kept_runs(earlier, "second.json")
     assert [(r["plain_epoch_seconds"], r["bcadl_epoch_vs_plain"], r["from"]) for r in kept] == [
         (2.0, 2.0, str(first)), (None, None, "second.json")]  # (3 + 5) / 2 / 2: the first BC-ADL epoch warms up
+
+
+def test_accuracy_vs_budget_table_shows_each_seed(tmp_path):
+    """With several seeds the table gives each seed's accuracy beside the mean, and the plot draws their range."""
+    bench = _script("accuracy_vs_budget")
+    run = {"budget": "4x", "method": "uniform", "score": None, "macs_reduction": 4.0, "drop": 0.0,
+           "decomposed_accuracy": 50.0, "bcadl_epoch_vs_plain": None}
+    results = {"dense_accuracy": 94.5, "runs": [{**run, "seed": 1, "accuracy": 93.0}, {**run, "seed": 0, "accuracy": 92.0}]}
+    assert "| 4x | uniform | 2 | 4.000x | 92.50 | 92.00, 93.00 |" in bench.table(results)
+    bench.plot(results, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
