@@ -109,11 +109,25 @@ def _earlier(args, dense_sha256: str) -> dict | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _file_plain(path: str) -> float | None:
+def _file(path: str) -> dict:
+    """An earlier results file, read once ({} if it is gone)."""
     try:
-        return json.loads(Path(path).read_text()).get("plain_epoch_seconds")
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def _device_label(results: dict) -> str:
+    """Where a call's runs trained: the GPU (bf16 autocast, the harness's CUDA default) or the CPU (fp32)."""
+    env, wanted = results.get("env") or {}, (results.get("args") or {}).get("device")
+    return f"{env['gpu']}, bf16" if env.get("gpu") and wanted != "cpu" else "CPU, fp32"
+
+
+def _run_device(run: dict, results: dict) -> str:
+    """A run's device label; files written before runs stored it take it from the call that measured them."""
+    if run.get("device"):
+        return run["device"]
+    return _device_label(_file(run["from"]) if run.get("from") else results)
 
 
 def _plain_of(run: dict, earlier: dict) -> float | None:
@@ -121,7 +135,7 @@ def _plain_of(run: dict, earlier: dict) -> float | None:
     if run.get("plain_epoch_seconds") is not None:
         return run["plain_epoch_seconds"]
     if run.get("from"):  # measured in a call before the earlier one (one read per file)
-        return _file_plain(run["from"])
+        return _file(run["from"]).get("plain_epoch_seconds")
     return earlier.get("plain_epoch_seconds")
 
 
@@ -131,7 +145,7 @@ def _kept_runs(earlier: dict | None, path: str | None) -> list[dict]:
     for run in (earlier or {}).get("runs", []):
         plain = _plain_of(run, earlier)
         runs.append({**run, "plain_epoch_seconds": plain, "bcadl_epoch_vs_plain": _bcadl_ratio(run["log"], plain),
-                     "from": run.get("from") or path})
+                     "device": _run_device(run, earlier), "from": run.get("from") or path})
     return runs
 
 
@@ -218,6 +232,7 @@ def main(argv=None) -> int:
                "decomposed_accuracy": res.decomposed_accuracy, "accuracy": res.accuracy, "drop": res.dense_accuracy - res.accuracy,
                "macs": macs, "macs_reduction": results["dense_macs"] / macs,
                "plain_epoch_seconds": plain, "bcadl_epoch_vs_plain": _bcadl_ratio(res.log, plain), "compile": args.compile,
+               "device": _device_label(results),
                "ranks": {l.name: (list(l.ranks) if l.ranks else None) for l in res.plan.layers},
                "seconds": round(time.perf_counter() - start, 1), "log": res.log}
         results["runs"].append(run)
@@ -237,14 +252,15 @@ def _groups(results):
 
 
 def table(results) -> str:
-    lines = ["| budget | method | seeds | FLOPs reduction | accuracy % (mean) | per seed | drop vs dense (pt) | before fine-tune % | BC-ADL epoch / plain |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| budget | method | seeds | device | FLOPs reduction | accuracy % (mean) | per seed | drop vs dense (pt) | before fine-tune % "
+             "| BC-ADL epoch / plain |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (budget, name), runs in _groups(results).items():
         mean = lambda k: sum(r[k] for r in runs) / len(runs)  # noqa: E731
         ratio = [r["bcadl_epoch_vs_plain"] for r in runs if r["bcadl_epoch_vs_plain"]]
         ratio_text = f"{sum(ratio) / len(ratio):.2f}x" if ratio else "-"
         per_seed = ", ".join(f"{r['accuracy']:.2f}" for r in sorted(runs, key=lambda r: r["seed"]))  # the spread one mean hides
-        lines.append(f"| {budget} | {name} | {len(runs)} | {mean('macs_reduction'):.3f}x | {mean('accuracy'):.2f} | {per_seed} | "
+        devices = " + ".join(sorted({_run_device(r, results) for r in runs}))  # a merged file may hold runs of several machines
+        lines.append(f"| {budget} | {name} | {len(runs)} | {devices} | {mean('macs_reduction'):.3f}x | {mean('accuracy'):.2f} | {per_seed} | "
                      f"{mean('drop'):+.2f} | {mean('decomposed_accuracy'):.2f} | {ratio_text} |")
     return "\n".join(lines)
 
@@ -263,7 +279,7 @@ def plot(results, path: Path) -> None:
         means = [sum(acc) / len(acc) for _, acc in pts]
         spread = [[m - min(acc) for m, (_, acc) in zip(means, pts)], [max(acc) - m for m, (_, acc) in zip(means, pts)]]
         ax.errorbar([p[0] for p in pts], means, yerr=spread, marker="o", capsize=3, label=name)  # bars: lowest to highest seed
-    ax.axhline(results["dense_accuracy"], color="gray", linestyle="--", label="dense")
+    ax.axhline(results["dense_accuracy"], color="gray", linestyle="--", label=f"dense ({results['dense_accuracy']:.2f}%)")
     ax.ticklabel_format(axis="x", useOffset=False)  # budgets are met within 1%: no "+2.5" offset axis
     low, high = ax.get_xlim()
     if high - low < 1.0:  # one budget so far: a readable span around it

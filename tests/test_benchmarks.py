@@ -61,6 +61,7 @@ def test_accuracy_vs_budget_writes_results_and_plot(tmp_path, capsys):
     runs = json.loads((tmp_path / "again" / "results.json").read_text())["runs"]
     assert [r["from"] for r in runs] == [str(tmp_path / "out" / "results.json")] * 2 + [str(tmp_path / "more" / "results.json")]
     assert runs[0]["plain_epoch_seconds"] == results["plain_epoch_seconds"] and runs[0]["bcadl_epoch_vs_plain"] > 0
+    assert {r["device"] for r in runs} == {"CPU, fp32"}  # kept runs carry where they were trained
     assert bench.main(["--replot", str(tmp_path / "more" / "results.json"), "--out", str(tmp_path / "replot")]) == 0
     assert "| 2x | energy | 1 |" in capsys.readouterr().out and (tmp_path / "replot" / "accuracy_vs_budget.png").is_file()
 
@@ -207,7 +208,9 @@ def test_accuracy_vs_budget_table_shows_each_seed(tmp_path):
     bench = _script("accuracy_vs_budget")
     run = {"budget": "4x", "method": "uniform", "score": None, "macs_reduction": 4.0, "drop": 0.0,
            "decomposed_accuracy": 50.0, "bcadl_epoch_vs_plain": None}
-    results = {"dense_accuracy": 94.5, "runs": [{**run, "seed": 1, "accuracy": 93.0}, {**run, "seed": 0, "accuracy": 92.0}]}
-    assert "| 4x | uniform | 2 | 4.000x | 92.50 | 92.00, 93.00 |" in bench.table(results)
+    results = {"dense_accuracy": 94.5, "env": {"gpu": "NVIDIA H100"}, "args": {"device": None},
+               "runs": [{**run, "seed": 1, "accuracy": 93.0, "device": "CPU, fp32"}, {**run, "seed": 0, "accuracy": 92.0}]}
+    # the run without a label was trained by this file's call (on its GPU); the other one on a CPU
+    assert "| 4x | uniform | 2 | CPU, fp32 + NVIDIA H100, bf16 | 4.000x | 92.50 | 92.00, 93.00 |" in bench.table(results)
     bench.plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
