@@ -15,7 +15,8 @@ Dense checkpoint: ``batude train --model resnet20 --data fashion-mnist --epochs 
 
 A GPU session too short for every run: its ``results.json`` is rewritten after each finished run;
 the next session passes it as ``--continue-from`` (same schedule and dense model, checked) and runs
-only what is missing, writing one results file, table and plot over both calls.
+only what is missing, writing one results file, table and plot over both calls. ``--continue-from``
+may be given several times (calls on different machines: each run records its device).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def _args(argv=None):
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--compile", choices=COMPILE_MODES, default=None, help="torch.compile mode for every training phase")
     p.add_argument("--skip-epoch-timing", action="store_true", help="do not time a plain dense epoch")
-    p.add_argument("--continue-from", default=None, metavar="RESULTS_JSON",
-                   help="results.json of an earlier call with the same schedule: its runs are kept and not run again")
+    p.add_argument("--continue-from", action="append", default=None, metavar="RESULTS_JSON",
+                   help="results.json of an earlier call with the same schedule: its runs are kept and not run again "
+                        "(repeat it to merge several calls)")
     p.add_argument("--replot", default=None, metavar="RESULTS_JSON", help="only print the table and draw the plot of a results.json")
     args = p.parse_args(argv)
     if not args.dense and not args.replot:
@@ -90,22 +92,23 @@ def _bcadl_ratio(log: list[dict], plain: float | None) -> float | None:
     return sum(admm) / len(admm) / plain if admm and plain else None
 
 
-def _earlier(args, dense_sha256: str) -> dict | None:
-    """``--continue-from``'s results, after checking that they used this call's schedule and dense checkpoint."""
-    if not args.continue_from:
-        return None
-    try:
-        earlier = json.loads(Path(args.continue_from).read_text())
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"--continue-from {args.continue_from}: cannot read it ({err}); pass an earlier call's results.json")
-    mine, theirs = vars(args), earlier.get("args", {})
-    differ = [f"--{k.replace('_', '-')} {theirs.get(k)!r} there, {mine[k]!r} here"
-              for k in sorted(mine.keys() - _PER_CALL) if theirs.get(k) != mine[k]]
-    if earlier.get("dense_sha256", dense_sha256) != dense_sha256:  # older files: the --dense path compared above
-        differ.append(f"another dense checkpoint (sha256 {earlier['dense_sha256'][:12]}...)")
-    if differ:
-        raise SystemExit(f"--continue-from {args.continue_from} used {', '.join(differ)}; continue only a run with the same schedule")
-    return earlier
+def _earlier(args, dense_sha256: str) -> list[tuple[str, dict]]:
+    """Each ``--continue-from`` file's results, after checking that it used this call's schedule and dense checkpoint."""
+    files = []
+    for path in args.continue_from or []:
+        try:
+            earlier = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--continue-from {path}: cannot read it ({err}); pass an earlier call's results.json")
+        mine, theirs = vars(args), earlier.get("args", {})
+        differ = [f"--{k.replace('_', '-')} {theirs.get(k)!r} there, {mine[k]!r} here"
+                  for k in sorted(mine.keys() - _PER_CALL) if theirs.get(k) != mine[k]]
+        if earlier.get("dense_sha256", dense_sha256) != dense_sha256:  # older files: the --dense path compared above
+            differ.append(f"another dense checkpoint (sha256 {earlier['dense_sha256'][:12]}...)")
+        if differ:
+            raise SystemExit(f"--continue-from {path} used {', '.join(differ)}; continue only a run with the same schedule")
+        files.append((path, earlier))
+    return files
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,13 +142,19 @@ def _plain_of(run: dict, earlier: dict) -> float | None:
     return earlier.get("plain_epoch_seconds")
 
 
-def _kept_runs(earlier: dict | None, path: str | None) -> list[dict]:
-    """The earlier call's runs, each with the plain epoch of its own call and the ratio by this script's definition."""
-    runs = []
-    for run in (earlier or {}).get("runs", []):
-        plain = _plain_of(run, earlier)
-        runs.append({**run, "plain_epoch_seconds": plain, "bcadl_epoch_vs_plain": _bcadl_ratio(run["log"], plain),
-                     "device": _run_device(run, earlier), "from": run.get("from") or path})
+def _kept_runs(files: list[tuple[str, dict]]) -> list[dict]:
+    """The earlier calls' runs, each with the plain epoch of its own call and the ratio by this script's definition."""
+    runs, seen = [], {}
+    for path, earlier in files:
+        for run in earlier.get("runs", []):
+            key = (run["budget"], run["seed"], run["method"], run["score"])
+            if key in seen:
+                raise SystemExit(f"--continue-from: {key[0]} seed {key[1]} {key[2]} is in both {seen[key]} and {path}; "
+                                 "pass only one file that holds it (a merged file already holds its origins' runs)")
+            seen[key] = path
+            plain = _plain_of(run, earlier)
+            runs.append({**run, "plain_epoch_seconds": plain, "bcadl_epoch_vs_plain": _bcadl_ratio(run["log"], plain),
+                         "device": _run_device(run, earlier), "from": run.get("from") or path})
     return runs
 
 
@@ -210,10 +219,10 @@ def main(argv=None) -> int:
     plain = None if args.skip_epoch_timing else _plain_epoch_seconds(ckpt.model, make_loader(train, args.batch_size, True, 0, args.workers, pin_memory=pin), base)
     results = {"env": environment(), "args": vars(args), "dense_accuracy": dense_acc, "dense_sha256": dense_sha256,
                "plain_epoch_seconds": plain, "dense_macs": flop_counter_macs(ckpt.model.cpu(), shape),
-               "runs": _kept_runs(earlier, args.continue_from)}
-    if earlier:  # the kept runs' own call
-        results["continued_from"] = {"path": args.continue_from, "env": earlier.get("env"), "dense_accuracy": earlier.get("dense_accuracy"),
-                                     "plain_epoch_seconds": earlier.get("plain_epoch_seconds")}
+               "runs": _kept_runs(earlier)}
+    if earlier:  # the kept runs' own calls
+        results["continued_from"] = [{"path": path, "env": e.get("env"), "dense_accuracy": e.get("dense_accuracy"),
+                                      "plain_epoch_seconds": e.get("plain_epoch_seconds")} for path, e in earlier]
     print(f"dense accuracy {dense_acc:.2f}% on {device}, plain epoch " + (f"{plain:.1f}s" if plain else "not timed"), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")

@@ -197,10 +197,21 @@ def test_accuracy_vs_budget_finds_each_kept_runs_plain_epoch(tmp_path):
     first = tmp_path / "first.json"
     first.write_text(json.dumps({"plain_epoch_seconds": 2.0, "runs": []}))
     log = [{"phase": "admm", "seconds": s} for s in (9.0, 3.0, 5.0)] + [{"phase": "finetune", "seconds": 1.0}]
-    earlier = {"plain_epoch_seconds": None, "runs": [{"log": log, "from": str(first)}, {"log": log}]}
-    kept = bench._kept_runs(earlier, "second.json")
+    run = {"budget": "2x", "seed": 0, "score": "joint_per_cost", "log": log}
+    earlier = {"plain_epoch_seconds": None, "env": {"gpu": "NVIDIA H100"}, "args": {"device": "cuda"},
+               "runs": [{**run, "method": "batude", "from": str(first)}, {**run, "method": "uniform"}]}
+    kept = bench._kept_runs([("second.json", earlier)])
     assert [(r["plain_epoch_seconds"], r["bcadl_epoch_vs_plain"], r["from"]) for r in kept] == [
         (2.0, 2.0, str(first)), (None, None, "second.json")]  # (3 + 5) / 2 / 2: the first BC-ADL epoch warms up
+    assert [r["device"] for r in kept] == ["CPU, fp32", "NVIDIA H100, bf16"]  # first.json has no GPU in its env
+
+    # several files merge (calls on different machines); a run in two of them is refused, not counted twice
+    cpu = {"env": {}, "args": {"device": "cpu"}, "runs": [{**run, "budget": "4x", "method": "uniform"}]}
+    merged = bench._kept_runs([("second.json", earlier), ("cpu.json", cpu)])
+    assert [(r["budget"], r["method"], r["device"], r["from"]) for r in merged][1:] == [
+        ("2x", "uniform", "NVIDIA H100, bf16", "second.json"), ("4x", "uniform", "CPU, fp32", "cpu.json")]
+    with pytest.raises(SystemExit, match="2x seed 0 batude is in both second.json and again.json"):
+        bench._kept_runs([("second.json", earlier), ("again.json", earlier)])
 
 
 def test_accuracy_vs_budget_table_shows_each_seed(tmp_path):
