@@ -297,6 +297,11 @@ def plot(results, path: Path) -> None:
     ax.set_ylabel("Fashion-MNIST test accuracy (%)")
     ax.set_title("ResNet-20: accuracy vs FLOPs budget (equal epochs)")
     ax.legend(fontsize=8)
+    where: dict[str, set] = {}
+    for r in results["runs"]:
+        where.setdefault(r["budget"], set()).add(_run_device(r, results))
+    if len(set().union(*where.values())) > 1:  # a merged file: say which machine trained which points
+        ax.text(0.0, -0.2, "; ".join(f"{b}: {' + '.join(sorted(d))}" for b, d in where.items()), transform=ax.transAxes, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
