@@ -252,9 +252,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _budget_order(budget: str) -> float:
+    """"2.5x" before "4x" whatever order the calls ran them in (a merged file lists its origins' runs first)."""
+    try:
+        return float(budget.rstrip("x"))
+    except ValueError:
+        return float("inf")
+
+
 def _groups(results):
     groups: dict[tuple, list] = {}
-    for r in results["runs"]:
+    for r in sorted(results["runs"], key=lambda r: _budget_order(r["budget"])):  # stable: methods keep their order
         name = r["method"] + (f" ({r['score']})" if r["score"] else "")
         groups.setdefault((r["budget"], name), []).append(r)
     return groups

@@ -225,3 +225,14 @@ def test_accuracy_vs_budget_table_shows_each_seed(tmp_path):
     assert "| 4x | uniform | 2 | CPU, fp32 + NVIDIA H100, bf16 | 4.000x | 92.50 | 92.00, 93.00 |" in bench.table(results)
     bench.plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_accuracy_vs_budget_table_lists_budgets_in_order():
+    """A merged file holds its origins' runs first (4x) and a later call's after (2.5x): the table still goes 2.5x, 4x."""
+    bench = _script("accuracy_vs_budget")
+    run = {"method": "vbmf", "score": None, "seed": 0, "accuracy": 93.0, "macs_reduction": 4.0, "drop": 0.5,
+           "decomposed_accuracy": 20.0, "bcadl_epoch_vs_plain": None, "device": "CPU, fp32"}
+    results = {"dense_accuracy": 94.5, "runs": [{**run, "budget": "4x"}, {**run, "budget": "2.5x", "method": "uniform"},
+                                                {**run, "budget": "2.5x"}, {**run, "budget": "10x"}]}
+    rows = [line.split(" | ")[:2] for line in bench.table(results).splitlines()[2:]]
+    assert rows == [["| 2.5x", "uniform"], ["| 2.5x", "vbmf"], ["| 4x", "vbmf"], ["| 10x", "vbmf"]]
