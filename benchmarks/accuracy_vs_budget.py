@@ -253,7 +253,7 @@ def main(argv=None) -> int:
 
 
 def _budget_order(budget: str) -> float:
-    """"2.5x" before "4x" whatever order the calls ran them in (a merged file lists its origins' runs first)."""
+    """Sort key: "2.5x" before "4x" whatever order the calls ran them in (a merged file lists its origins' runs first)."""
     try:
         return float(budget.rstrip("x"))
     except ValueError:
