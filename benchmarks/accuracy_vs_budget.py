@@ -252,17 +252,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def _budget_order(budget: str) -> float:
-    """Sort key: "2.5x" before "4x" whatever order the calls ran them in (a merged file lists its origins' runs first)."""
-    try:
-        return float(budget.rstrip("x"))
-    except ValueError:
-        return float("inf")
-
-
 def _groups(results):
+    """Runs by (budget, method), mildest budget first whatever order the calls ran them in (a merged file lists
+    its origins' runs first); within a budget methods keep their order."""
+    allowed = lambda r: batude.Budget.parse(r["budget"]).limit(results["dense_macs"])  # noqa: E731
     groups: dict[tuple, list] = {}
-    for r in sorted(results["runs"], key=lambda r: _budget_order(r["budget"])):  # stable: methods keep their order
+    for r in sorted(results["runs"], key=allowed, reverse=True):
         name = r["method"] + (f" ({r['score']})" if r["score"] else "")
         groups.setdefault((r["budget"], name), []).append(r)
     return groups
@@ -289,10 +284,10 @@ def plot(results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    names = sorted({name for _, name in _groups(results)})
-    for name in names:
+    groups = _groups(results)
+    for name in sorted({name for _, name in groups}):
         pts = sorted((sum(r["macs_reduction"] for r in runs) / len(runs), [r["accuracy"] for r in runs])
-                     for (b, n), runs in _groups(results).items() if n == name)
+                     for (b, n), runs in groups.items() if n == name)
         means = [sum(acc) / len(acc) for _, acc in pts]
         spread = [[m - min(acc) for m, (_, acc) in zip(means, pts)], [max(acc) - m for m, (_, acc) in zip(means, pts)]]
         ax.errorbar([p[0] for p in pts], means, yerr=spread, marker="o", capsize=3, label=name)  # bars: lowest to highest seed
@@ -305,9 +300,9 @@ def plot(results, path: Path) -> None:
     ax.set_ylabel("Fashion-MNIST test accuracy (%)")
     ax.set_title("ResNet-20: accuracy vs FLOPs budget (equal epochs)")
     ax.legend(fontsize=8)
-    where: dict[str, set] = {}
-    for r in results["runs"]:
-        where.setdefault(r["budget"], set()).add(_run_device(r, results))
+    where: dict[str, set] = {}  # budgets in the table's order
+    for (budget, _), runs in groups.items():
+        where.setdefault(budget, set()).update(_run_device(r, results) for r in runs)
     if len(set().union(*where.values())) > 1:  # a merged file: say which machine trained which points
         ax.text(0.0, -0.2, "; ".join(f"{b}: {' + '.join(sorted(d))}" for b, d in where.items()), transform=ax.transAxes, fontsize=7)
     fig.tight_layout()

@@ -219,7 +219,7 @@ def test_accuracy_vs_budget_table_shows_each_seed(tmp_path):
     bench = _script("accuracy_vs_budget")
     run = {"budget": "4x", "method": "uniform", "score": None, "macs_reduction": 4.0, "drop": 0.0,
            "decomposed_accuracy": 50.0, "bcadl_epoch_vs_plain": None}
-    results = {"dense_accuracy": 94.5, "env": {"gpu": "NVIDIA H100"}, "args": {"device": None},
+    results = {"dense_accuracy": 94.5, "dense_macs": 1000, "env": {"gpu": "NVIDIA H100"}, "args": {"device": None},
                "runs": [{**run, "seed": 1, "accuracy": 93.0, "device": "CPU, fp32"}, {**run, "seed": 0, "accuracy": 92.0}]}
     # the run without a label was trained by this file's call (on its GPU); the other one on a CPU
     assert "| 4x | uniform | 2 | CPU, fp32 + NVIDIA H100, bf16 | 4.000x | 92.50 | 92.00, 93.00 |" in bench.table(results)
@@ -232,7 +232,8 @@ def test_accuracy_vs_budget_table_lists_budgets_in_order():
     bench = _script("accuracy_vs_budget")
     run = {"method": "vbmf", "score": None, "seed": 0, "accuracy": 93.0, "macs_reduction": 4.0, "drop": 0.5,
            "decomposed_accuracy": 20.0, "bcadl_epoch_vs_plain": None, "device": "CPU, fp32"}
-    results = {"dense_accuracy": 94.5, "runs": [{**run, "budget": "4x"}, {**run, "budget": "2.5x", "method": "uniform"},
-                                                {**run, "budget": "2.5x"}, {**run, "budget": "10x"}]}
+    results = {"dense_accuracy": 94.5, "dense_macs": 1000, "runs": [
+        {**run, "budget": "4x"}, {**run, "budget": "2.5x", "method": "uniform"}, {**run, "budget": "2.5x"},
+        {**run, "budget": "10x"}, {**run, "budget": "50%"}]}
     rows = [line.split(" | ")[:2] for line in bench.table(results).splitlines()[2:]]
-    assert rows == [["| 2.5x", "uniform"], ["| 2.5x", "vbmf"], ["| 4x", "vbmf"], ["| 10x", "vbmf"]]
+    assert rows == [["| 50%", "vbmf"], ["| 2.5x", "uniform"], ["| 2.5x", "vbmf"], ["| 4x", "vbmf"], ["| 10x", "vbmf"]]
