@@ -2,7 +2,7 @@
 
 For the 3x3 and 1x1 conv shapes of ResNet-18/50 (224²) and Fashion-MNIST ResNet-20, rank ratios
 0.25/0.5/0.75 (aligned) and 0.5 (unaligned), batches 1 and 64, fp16/bf16/fp32, and each mode
-(``fused``/``split`` Tucker-2, the 1x1 ``chain``), every autotuning candidate that survives pruning
+(``fused``/``split``/``halo`` Tucker-2, the 1x1 ``chain``), every autotuning candidate that survives pruning
 (and the heuristic config) is compiled once per distinct specialisation with Triton's own compiler
 and ``ptxas`` (:mod:`batude.kernels.aot`). It reports compile errors, shared memory against the
 per-block limit, registers and spills, and exits 1 if any kernel would not compile or launch.
@@ -72,6 +72,7 @@ def _args(argv=None):
     p.add_argument("--models", default="resnet18,resnet50,resnet20")
     p.add_argument("--dtypes", default="fp16,bf16,fp32")
     p.add_argument("--batches", default="1,64")
+    p.add_argument("--modes", default="fused,split,halo", help="tucker2_conv modes of the kxk layers (1x1 pairs: their one kernel)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="compile only the first N distinct kernels (a smoke run)")
     return p.parse_args(argv)
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     uses: dict[str, int] = defaultdict(int)
     for layer in layers(models, [int(b) for b in a.batches.split(",")]):
         for dtype in dtypes:
-            for mode in (("chain",) if layer.k == 1 else ("fused", "split")):
+            for mode in (("chain",) if layer.k == 1 else a.modes.split(",")):
                 for spec in layer_specs(layer, dtype, mode):
                     key = spec_key(spec, a.arch)
                     unique.setdefault(key, spec)

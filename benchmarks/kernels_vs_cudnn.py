@@ -3,8 +3,8 @@
 Per layer: the 3x3 conv shapes of ResNet-18 at 224² (rank ratio 0.5, ranks aligned), batches 1 and
 64, fp16, channels_last, each variant replayed from a CUDA graph and timed with batude's timing
 primitive: ``dense`` (one cuDNN conv), ``chain`` (the 3 cuDNN convs of ``TuckerConv2d``),
-``fused`` and ``split`` (:func:`batude.kernels.tucker2_conv`, autotuned; ``auto_choice`` is what
-``mode="auto"`` picks). Whole model: ResNet-18 with a uniform 2.52x plan, rewritten by
+``fused``, ``split`` and ``halo`` (:func:`batude.kernels.tucker2_conv`, autotuned; ``auto_choice`` is
+what ``mode="auto"`` picks). Whole model: ResNet-18 with a uniform 2.52x plan, rewritten by
 ``fuse_resnet_`` (BN folded, ReLU and residual add in the kernels' epilogues), against the dense
 ResNet-18 with BN folded (eager and ``torch.compile``, both in CUDA graphs; the faster is the
 baseline) and the unfused Tucker chain. Everything is measured in this process; the goals of the
@@ -41,6 +41,7 @@ RESNET18_3X3 = [(64, 64, 56, 1), (64, 128, 56, 2), (128, 128, 28, 1), (128, 256,
                 (256, 512, 14, 2), (512, 512, 7, 1)]
 SMOKE_3X3 = [(16, 16, 8, 1), (16, 32, 8, 2)]
 GOALS = {"layer": {1: 1.5, 64: 1.2}, "model": {1: 1.6, 64: 2.0}}
+KERNEL_MODES = ("fused", "split", "halo")
 CL = torch.channels_last
 
 
@@ -102,11 +103,11 @@ def layer_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
                 return lambda t: tucker2_conv(t, p.u_in, p.core, p.u_out, stride=stride, padding=1, mode=mode)
 
             want = chain(x)
-            fns = {"dense": dense, "chain": chain, "fused": kernel("fused"), "split": kernel("split")}
+            fns = {"dense": dense, "chain": chain, **{mode: kernel(mode) for mode in KERNEL_MODES}}
             timed = {}
             for variant, fn in fns.items():
                 row = {**base, "variant": variant, **_time(fn, x, args, device, batch, f"{variant} {c}->{s} {h}² b{batch}")}
-                if variant in ("fused", "split"):
+                if variant in KERNEL_MODES:
                     row["rel_err_vs_chain"] = _rel(fn(x), want)
                 timed[variant] = row
             kernel("auto")(x)
@@ -187,7 +188,7 @@ def goals(layers: list[dict], models: list[dict]) -> list[dict]:
     out = []
     for r in layers:
         if r.get("variant") == "chain" and r["batch"] in GOALS["layer"]:
-            best = max((q["speedup_vs_chain"] for q in layers if q.get("variant") in ("fused", "split") and "speedup_vs_chain" in q
+            best = max((q["speedup_vs_chain"] for q in layers if q.get("variant") in KERNEL_MODES and "speedup_vs_chain" in q
                         and (q["c_in"], q["c_out"], q["hw"], q["batch"]) == (r["c_in"], r["c_out"], r["hw"], r["batch"])), default=None)
             target = GOALS["layer"][r["batch"]]
             out.append({"goal": f"layer {r['c_in']}->{r['c_out']} {r['hw']}² s{r['stride']} b{r['batch']}: kernel vs cuDNN chain",
@@ -214,10 +215,10 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     rows = [r for r in report["layers"] if "speedup_vs_chain" in r and r["variant"] != "chain"]
     labels = sorted({(r["batch"], r["c_in"], r["c_out"], r["hw"]) for r in rows})
-    for i, variant in enumerate(("dense", "fused", "split")):
+    for i, variant in enumerate(("dense", *KERNEL_MODES)):
         vals = [next((r["speedup_vs_chain"] for r in rows if r["variant"] == variant and (r["batch"], r["c_in"], r["c_out"], r["hw"]) == k), 0)
                 for k in labels]
-        axes[0].bar([j + 0.27 * i for j in range(len(labels))], vals, width=0.27, label=variant)
+        axes[0].bar([j + 0.2 * i for j in range(len(labels))], vals, width=0.2, label=variant)
     axes[0].set_xticks(range(len(labels)), [f"b{b} {c}->{s} {h}²" for b, c, s, h in labels], rotation=70, fontsize=7)
     axes[0].axhline(1.0, color="black", linewidth=0.5)
     axes[0].set_ylabel("speedup vs cuDNN 3-conv chain (x)")

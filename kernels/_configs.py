@@ -16,8 +16,9 @@ import logging
 
 import torch
 
-__all__ = ["SPLIT_K_MAX_ROWS", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "autotuned", "candidates", "KERNELS", "workspace",
-           "num_sms", "next_pow2", "launch_fitting", "out_of_resources"]
+__all__ = ["SPLIT_K_MAX_ROWS", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "heuristic_halo", "autotuned",
+           "candidates", "KERNELS", "workspace", "scratch", "num_sms", "next_pow2", "launch_fitting", "out_of_resources",
+           "halo_block_m", "halo_rows", "halo_grid", "halo_slot"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ _LARGE_ACC = 8192  # BLOCK_M * R1p from which a program needs 8 warps; 8-warp ti
 # (BLOCK_M, BLOCK_C, BLOCK_S, num_warps, num_stages)
 _LOWRANK = [(16, 64, 64, 4, 2), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 32, 128, 8, 3), (128, 32, 64, 8, 3),
             (16, 64, 64, 8, 2), (32, 64, 64, 8, 3), (64, 32, 64, 8, 2)]  # 8 warps for R1p >= 256, as for tucker2
+# halo mode: (TILE_H, TILE_W, HALO_BLOCK, BLOCK_K, BLOCK_S, num_warps, num_stages); BLOCK_M = next_pow2(TILE_H * TILE_W).
+# Square-ish tiles keep the halo small (8x8 at 3x3, stride 1: 100 input pixels for 64 outputs); 7- and
+# 14-wide tiles fit the 7/14/28/56-pixel maps of ImageNet ResNets without masked columns.
+_HALO = [(th, tw, 64, 64, 64, w, 2) for th, tw in ((8, 8), (4, 8), (4, 4), (7, 7), (4, 7), (2, 7), (4, 14), (2, 14),
+                                                   (8, 16), (16, 16)) for w in (4, 8)]
+HALO_MIN_USE = 0.7  # tiles whose rows are at least this share real output pixels (image edges, pow2 padding)
+HALO_KEEP = 6  # autotune at most this many halo configs per shape (the cheapest by :func:`_halo_cost`)
+HALO_PROGRAMS_PER_SM = 2  # persistent grid: at most this many programs per SM, each with its own scratch slot
 # (BLOCK_M, BLOCK_N, BLOCK_C, num_warps, num_stages)
 _POINTWISE = [(64, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 128, 64, 4, 3)]
 
@@ -141,6 +150,107 @@ def _prune_lowrank(configs, named_args, **kwargs):
     return out or [_as_config(heuristic_lowrank(a["M"], a["C"], a["RP"], False))]
 
 
+def halo_block_m(tile_h: int, tile_w: int) -> int:
+    """Rows of a halo tile's GEMM: the tile's pixels rounded up to a power of two (at least 16, tl.dot's minimum)."""
+    return max(16, next_pow2(tile_h * tile_w))
+
+
+def halo_rows(tile_h: int, tile_w: int, kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int],
+              halo_block: int) -> int:
+    """Input pixels a tile's taps read (its halo), rounded up to whole ``HALO_BLOCK`` chunks: the slot's rows."""
+    pix = ((tile_h - 1) * stride[0] + (kh - 1) * dilation[0] + 1) * ((tile_w - 1) * stride[1] + (kw - 1) * dilation[1] + 1)
+    return _cdiv(pix, halo_block) * halo_block
+
+
+def _halo_tiles(n: int, oh: int, ow: int, tile_h: int, tile_w: int) -> int:
+    return n * _cdiv(oh, tile_h) * _cdiv(ow, tile_w)
+
+
+def halo_grid(n: int, oh: int, ow: int, tile_h: int, tile_w: int, programs: int | None = None) -> int:
+    """Programs of a halo launch: one per tile, at most ``programs`` (default ``HALO_PROGRAMS_PER_SM`` per SM)."""
+    cap = programs if programs is not None else HALO_PROGRAMS_PER_SM * num_sms()
+    return max(1, min(_halo_tiles(n, oh, ow, tile_h, tile_w), cap))
+
+
+def _halo_use(oh: int, ow: int, tile_h: int, tile_w: int) -> float:
+    """Share of a launch's GEMM rows that are real output pixels (the rest: past the image's edge, pow2 padding)."""
+    covered = _cdiv(oh, tile_h) * tile_h * _cdiv(ow, tile_w) * tile_w
+    return oh * ow / covered * tile_h * tile_w / halo_block_m(tile_h, tile_w)
+
+
+def _halo_cost(a: dict, tile_h: int, tile_w: int, halo_block: int) -> float:
+    """A rough time model for ranking tiles: tiles per program (waves) x each tile's MACs and elements moved."""
+    kh, kw, rk, rp, s, c = a["KH"], a["KW"], a["RK"], a["RP"], a["S"], a["C"]
+    n = a["M"] // (a["OH"] * a["OW"])
+    bm = halo_block_m(tile_h, tile_w)
+    rows = halo_rows(tile_h, tile_w, kh, kw, (a["STRIDE_H"], a["STRIDE_W"]), (a["DIL_H"], a["DIL_W"]), halo_block)
+    per_tile = bm * (kh * kw * rk * rp + rp * s) + rows * c * rk + 8 * (rows * (c + rk) + bm * (kh * kw * rk + s))
+    tiles = _halo_tiles(n, a["OH"], a["OW"], tile_h, tile_w)
+    return _cdiv(tiles, halo_grid(n, a["OH"], a["OW"], tile_h, tile_w)) * per_tile
+
+
+def _halo_ok(cfg_kw: dict, warps: int, a: dict) -> bool:
+    th, tw = cfg_kw["TILE_H"], cfg_kw["TILE_W"]
+    return _halo_use(a["OH"], a["OW"], th, tw) >= HALO_MIN_USE and _warps_ok(halo_block_m(th, tw), a["RP"], warps)
+
+
+def _halo_meta(kw: dict, a: dict) -> dict:
+    """A halo config completed for these arguments: ``BLOCK_M`` from the tile, chunk sizes clamped to the channels."""
+    kw = dict(kw)
+    kw["BLOCK_M"] = halo_block_m(kw["TILE_H"], kw["TILE_W"])
+    kw["BLOCK_K"] = min(kw["BLOCK_K"], _clamp_pow2(a["RK"], 16, 64))
+    kw["BLOCK_C"] = _clamp_pow2(a["C"], 16, 64)
+    return kw
+
+
+def _prune_halo(configs, named_args, **kwargs):
+    import triton
+
+    a = {**named_args, **kwargs}
+    kept, seen = [], set()
+    for cfg in configs:
+        kw = _halo_meta(cfg.kwargs, a)
+        if not _halo_ok(kw, cfg.num_warps, a) or not _fits_shared(a["RP"], kw["BLOCK_S"], cfg.num_stages, _element_size(a, "x_ptr")):
+            continue
+        sig = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
+        if sig not in seen:
+            seen.add(sig)
+            kept.append((_halo_cost(a, kw["TILE_H"], kw["TILE_W"], kw["HALO_BLOCK"]), len(kept),
+                         triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)))
+    out = [c for _, _, c in sorted(kept, key=lambda t: t[:2])[:HALO_KEEP]]
+    return out or [_as_config(heuristic_halo(a, False))]
+
+
+def heuristic_halo(a: dict, interpret: bool) -> dict:
+    """One config for :func:`_tucker2_halo_kernel` for the kernel arguments ``a`` (:func:`batude.kernels.tucker2.core_args`
+    plus ``RP``): the cheapest usable tile by :func:`_halo_cost` (small blocks under the interpreter)."""
+    if interpret:
+        return dict(TILE_H=4, TILE_W=4, BLOCK_M=16, HALO_BLOCK=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, num_warps=4, num_stages=1)
+    best = None
+    for th, tw, hb, bk, bs, warps, stages in _HALO:
+        kw = _halo_meta(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_S=bs), a)
+        if not _warps_ok(kw["BLOCK_M"], a["RP"], warps):
+            continue
+        cost = _halo_cost(a, th, tw, hb) / min(1.0, _halo_use(a["OH"], a["OW"], th, tw) / HALO_MIN_USE)
+        if best is None or cost < best[0]:
+            best = (cost, dict(kw, num_warps=warps, num_stages=2 if a["RP"] >= 256 else stages))
+    if best is None:  # R1p = 512 at 16 rows: the smallest tile, 8 warps
+        best = (0.0, dict(_halo_meta(dict(TILE_H=4, TILE_W=4, HALO_BLOCK=64, BLOCK_K=64, BLOCK_S=64), a), num_warps=8, num_stages=2))
+    return best[1]
+
+
+def halo_slot(a: dict, configs: list[dict] | None = None) -> int:
+    """Scratch elements one program needs (its slot): the largest halo of ``configs`` times ``RK``.
+
+    ``a``: the kernel's arguments (:func:`batude.kernels.tucker2.core_args`, ``RP``, ``x_ptr`` for
+    its dtype). ``configs`` None: what autotuning may launch, the candidates pruned for ``a``.
+    """
+    if configs is None:
+        configs = [c.kwargs for c in _prune_halo(candidates("halo")[0], a)]
+    return a["RK"] * max(halo_rows(c["TILE_H"], c["TILE_W"], a["KH"], a["KW"], (a["STRIDE_H"], a["STRIDE_W"]),
+                                   (a["DIL_H"], a["DIL_W"]), c["HALO_BLOCK"]) for c in configs)
+
+
 def _prune_pointwise(configs, named_args, **kwargs):
     a = {**named_args, **kwargs}
     small = _cdiv(a["M"], 128) < num_sms()
@@ -200,7 +310,7 @@ def _bench_kwargs() -> dict:
 
 
 def candidates(kind: str) -> tuple[list, list[str], object]:
-    """``(configs, key, prune)`` of one kernel (``tucker2``, ``lowrank`` or ``pointwise``): the autotuning
+    """``(configs, key, prune)`` of one kernel (``tucker2``, ``lowrank``, ``pointwise`` or ``halo``): the autotuning
     candidates, the arguments that key the tuning cache and the per-key pruning function."""
     import triton
 
@@ -211,18 +321,23 @@ def candidates(kind: str) -> tuple[list, list[str], object]:
     if kind == "lowrank":
         configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st) for bm, bc, bs, w, st in _LOWRANK]
         return configs, ["M", "OH", "OW", "C", "S", "STRIDE_H", "RP"], _prune_lowrank
+    if kind == "halo":
+        configs = [triton.Config(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs), num_warps=w, num_stages=st)
+                   for th, tw, hb, bk, bs, w, st in _HALO]
+        return configs, ["M", "OH", "OW", "C", "RK", "S", "KH", "KW", "STRIDE_H", "RP"], _prune_halo
     if kind == "pointwise":
         configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc), num_warps=w, num_stages=st) for bm, bn, bc, w, st in _POINTWISE]
         return configs, ["M", "C", "N_OUT"], _prune_pointwise
     raise ValueError(f"unknown kernel kind {kind!r}")
 
 
-KERNELS = {"tucker2": "_tucker2_kernel", "lowrank": "_lowrank_kernel", "pointwise": "_pointwise_kernel"}
+KERNELS = {"tucker2": "_tucker2_kernel", "lowrank": "_lowrank_kernel", "pointwise": "_pointwise_kernel",
+           "halo": "_tucker2_halo_kernel"}
 
 
 @functools.lru_cache(maxsize=None)
 def autotuned(kind: str):
-    """The autotuned wrapper of one kernel (``tucker2``, ``lowrank`` or ``pointwise``), built on first use."""
+    """The autotuned wrapper of one kernel (``tucker2``, ``lowrank``, ``pointwise`` or ``halo``), built on first use."""
     import triton
 
     from batude.kernels._runtime import jit_module
@@ -233,15 +348,17 @@ def autotuned(kind: str):
 
 
 _FITTED: dict[tuple, tuple[dict, int]] = {}
-_SHRINK = ("BLOCK_S", "BLOCK_N", "BLOCK_K", "BLOCK_C", "BLOCK_M")  # halved in this order, down to 16
+_SHRINK = ("BLOCK_S", "BLOCK_N", "BLOCK_K", "BLOCK_C", "HALO_BLOCK", "BLOCK_M")  # halved in this order, down to 16
 
 
 def _smaller(meta: dict, stages: int) -> tuple[dict, int] | None:
-    """The next smaller config: one pipeline stage less, then one tile dimension halved; None at the floor."""
+    """The next smaller config: one pipeline stage less, then one tile dimension halved; None at the floor.
+
+    A halo tile's ``BLOCK_M`` holds the whole ``TILE_H x TILE_W`` tile and is never halved."""
     if stages > 1:
         return meta, stages - 1
     for k in _SHRINK:
-        if meta.get(k, 0) > 16:
+        if meta.get(k, 0) > 16 and not (k == "BLOCK_M" and "TILE_H" in meta):
             return {**meta, k: meta[k] // 2}, stages
     return None
 
@@ -296,6 +413,22 @@ def workspace(device: torch.device, floats: int, counters: int) -> tuple[torch.T
             torch.zeros(max(counters, 2 * old_c, 1024), dtype=torch.int32, device=device))
     pool.append(pair)
     return pair
+
+
+_SCRATCH: dict[tuple[str, int | None, torch.dtype], list[torch.Tensor]] = {}
+
+
+def scratch(device: torch.device, dtype: torch.dtype, elements: int) -> torch.Tensor:
+    """A buffer of at least ``elements`` of ``dtype`` for the halo kernel's per-program slots.
+
+    Its contents do not matter (each tile writes its slot before reading it); like :func:`workspace`
+    it is never freed (a captured CUDA graph may hold its address), grows geometrically and is not
+    safe for concurrent launches on different streams.
+    """
+    pool = _SCRATCH.setdefault((device.type, device.index, dtype), [])
+    if not pool or pool[-1].numel() < elements:
+        pool.append(torch.empty(max(elements, 2 * (pool[-1].numel() if pool else 0)), dtype=dtype, device=device))
+    return pool[-1]
 
 
 def dummy_f32(device: torch.device) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The Triton code itself (imported only by the launchers, never at ``import batude``).
 
-Three kernels and two helpers; the launchers in :mod:`batude.kernels.tucker2` and
+Four kernels and two helpers; the launchers in :mod:`batude.kernels.tucker2` and
 :mod:`batude.kernels.lowrank` own all checks, padding conventions and grids. Conventions shared by
 all of them (the packed layouts come from :mod:`batude.kernels.pack`):
 
@@ -141,6 +141,83 @@ def _tucker2_kernel(
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
     _last_1x1(acc.to(src_ptr.dtype.element_ty), offs_m, pid_m, M, S, uout_ptr, scale_ptr, shift_ptr, res_ptr,
               out_ptr, ws_ptr, cnt_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, SPLIT_K, PRECISION)
+
+
+@triton.jit(do_not_specialize=_GEOMETRY + _FLAGS + ["SLOT"])
+def _tucker2_halo_kernel(
+    x_ptr, uin_ptr, core_ptr, uout_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, scratch_ptr,
+    M, H, W, OH, OW, C, RK, S, s_n, s_h, s_w, KH, KW,
+    STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, SLOT,
+    RP: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_M: tl.constexpr, HALO_BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The whole Tucker-2 conv on ``TILE_H x TILE_W`` output tiles, the first 1x1 computed once per halo pixel.
+
+    Persistent: program ``pid`` takes tiles ``pid, pid + nprog, ...`` (tile = one image's block of
+    output rows and columns; ``BLOCK_M >= TILE_H * TILE_W`` rows, the rest masked). Per tile:
+
+    1. the first 1x1 on every input pixel the tile's taps read (its halo, ``((TILE_H - 1) * STRIDE_H +
+       (KH - 1) * DIL_H + 1) x (...)`` pixels, zero outside the image), in ``HALO_BLOCK``-row chunks,
+       stored into this program's own ``SLOT``-element region of ``scratch`` (``[halo pixel, RK]``);
+    2. a CTA barrier (global writes of a block are visible to the whole block after it), then the
+       implicit-GEMM core reading each tap's ``[BLOCK_M, BLOCK_K]`` operand from the slot (L1/L2
+       resident: written by this program just before);
+    3. a barrier (the slot is overwritten by the next tile), then :func:`_last_1x1` and the epilogue.
+
+    Unlike ``FUSE_FIRST`` in :func:`_tucker2_kernel` the first 1x1 is not recomputed per tap (only
+    the halo's overlap with neighbouring tiles is), and unlike the split mode the intermediate
+    never makes a round trip through memory in full, and there is one launch.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    tiles_w = tl.cdiv(OW, TILE_W)
+    per_image = tl.cdiv(OH, TILE_H) * tiles_w
+    n_tiles = (M // (OH * OW)) * per_image
+    halo_w = (TILE_W - 1) * STRIDE_W + (KW - 1) * DIL_W + 1
+    halo_pix = ((TILE_H - 1) * STRIDE_H + (KH - 1) * DIL_H + 1) * halo_w
+    slot = scratch_ptr + pid.to(tl.int64) * SLOT
+    offs_i = tl.arange(0, BLOCK_M)
+    th = offs_i // TILE_W
+    tw = offs_i % TILE_W
+    offs_r = tl.arange(0, RP)
+    n_chunks = tl.cdiv(RK, BLOCK_K)
+    for tile in range(pid, n_tiles, nprog):
+        n = tile // per_image
+        oh = ((tile % per_image) // tiles_w) * TILE_H + th
+        ow = (tile % tiles_w) * TILE_W + tw
+        mask_m = (th < TILE_H) & (oh < OH) & (ow < OW)
+        offs_m = tl.where(mask_m, (n * OH + oh) * OW + ow, M)  # rows outside the image: masked by the epilogue
+        ih0 = ((tile % per_image) // tiles_w) * TILE_H * STRIDE_H - PAD_H
+        iw0 = (tile % tiles_w) * TILE_W * STRIDE_W - PAD_W
+        base = n.to(tl.int64) * s_n
+        for p0 in range(0, halo_pix, HALO_BLOCK):
+            offs_p = p0 + tl.arange(0, HALO_BLOCK)
+            ih = ih0 + offs_p // halo_w
+            iw = iw0 + offs_p % halo_w
+            valid = (offs_p < halo_pix) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            row = base + ih * s_h + iw * s_w
+            for k0 in range(0, RK, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                t = tl.zeros([HALO_BLOCK, BLOCK_K], dtype=tl.float32)
+                for c0 in range(0, C, BLOCK_C):
+                    offs_c = c0 + tl.arange(0, BLOCK_C)
+                    xt = tl.load(x_ptr + row[:, None] + offs_c[None, :], mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
+                    u = tl.load(uin_ptr + offs_c[:, None] * RK + offs_k[None, :],
+                                mask=(offs_c < C)[:, None] & (offs_k < RK)[None, :], other=0.0)
+                    t = tl.dot(xt, u, t, input_precision=PRECISION)
+                tl.store(slot + offs_p[:, None] * RK + offs_k[None, :], t.to(x_ptr.dtype.element_ty), mask=(offs_k < RK)[None, :])
+        tl.debug_barrier()
+        acc = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
+        for ks in range(0, KH * KW * n_chunks):
+            tap = ks // n_chunks
+            offs_k = (ks % n_chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            prow = (th * STRIDE_H + (tap // KW) * DIL_H) * halo_w + tw * STRIDE_W + (tap % KW) * DIL_W
+            a = tl.load(slot + prow[:, None] * RK + offs_k[None, :], mask=mask_m[:, None] & (offs_k < RK)[None, :], other=0.0)
+            w = tl.load(core_ptr + (tap * RK + offs_k)[:, None] * RP + offs_r[None, :], mask=(offs_k < RK)[:, None], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        tl.debug_barrier()
+        _last_1x1(acc.to(x_ptr.dtype.element_ty), offs_m, pid, M, S, uout_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
+                  out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION)
 
 
 @triton.jit(do_not_specialize=["M"])

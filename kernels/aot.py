@@ -97,7 +97,7 @@ def _configs_for(kind: str, named: dict, heuristic: dict) -> list[tuple[dict, in
 
 
 def layer_specs(layer: Layer, dtype: str, mode: str) -> list[Spec]:
-    """Every kernel launch :func:`~batude.kernels.tucker2_conv` (``mode`` fused or split) or, for a 1x1
+    """Every kernel launch :func:`~batude.kernels.tucker2_conv` (``mode`` fused, split or halo) or, for a 1x1
     layer, :func:`~batude.kernels.lowrank_chain` (``mode`` chain) may compile for this layer on the GPU."""
     dt = _DTYPES[dtype]
     act, f32, i32 = _tensor(dt), _tensor(torch.float32), _tensor(torch.int32)
@@ -117,10 +117,18 @@ def layer_specs(layer: Layer, dtype: str, mode: str) -> list[Spec]:
         for meta, w, st in _configs_for("lowrank", args, cfg.heuristic_lowrank(m, c, rp, False)):
             specs.append(Spec("lowrank", {**args, **meta}, w, st, origin))
         return specs
-    if mode not in ("fused", "split"):
-        raise BatudeError(f"unknown mode '{mode}'; use fused, split or chain")
+    if mode not in ("fused", "split", "halo"):
+        raise BatudeError(f"unknown mode '{mode}'; use fused, split, halo or chain")
     rk, rp = pad_rank_in(layer.r2), pad_rank_out(layer.r1)
     geo = (n, c, h, h, oh, ow, layer.k, layer.k, rk, rp, s, (layer.stride,) * 2, (layer.padding,) * 2, (1, 1))
+    if mode == "halo":
+        args = core_args(geo, (h * h * c, h * c, c), flags)
+        args.update(x_ptr=act, uin_ptr=act, core_ptr=act, uout_ptr=act, scale_ptr=f32, shift_ptr=f32, res_ptr=act,
+                    out_ptr=act, scratch_ptr=act, RP=rp, PRECISION=prec)
+        args["SLOT"] = cfg.halo_slot(args)
+        for meta, w, st in _configs_for("halo", args, cfg.heuristic_halo(args, False)):
+            specs.append(Spec("halo", {**args, **meta}, w, st, origin))
+        return specs
     fuse = mode == "fused"
     args = core_args(geo, (h * h * c, h * c, c) if fuse else None, flags)
     args.update(src_ptr=act, uin_ptr=act, core_ptr=act, uout_ptr=act, scale_ptr=f32, shift_ptr=f32, res_ptr=act,
@@ -228,7 +236,7 @@ def compile_spec(spec: Spec, arch: int = 90) -> dict:
     from triton.compiler import ASTSource
 
     fn, target, signature, constexprs, attrs = _specialize(spec, arch)
-    meta = {k: v for k, v in spec.args.items() if k.isupper() and k.startswith(("BLOCK_", "SPLIT_"))}
+    meta = {k: v for k, v in spec.args.items() if k.isupper() and k.startswith(("BLOCK_", "SPLIT_", "TILE_", "HALO_"))}
     rec = {"kind": spec.kind, "arch": arch, "config": meta, "num_warps": spec.num_warps, "num_stages": spec.num_stages,
            "rp": spec.args.get("RP"), "fuse_first": spec.args.get("FUSE_FIRST"), "origin": spec.origin}
     t0 = time.perf_counter()

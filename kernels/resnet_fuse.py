@@ -151,7 +151,7 @@ def fuse_resnet_(model: nn.Module, mode: str = "auto") -> nn.Module:
 
     Recognised blocks: torchvision ``BasicBlock``/``Bottleneck`` and batude's CIFAR ``BasicBlock``
     (their forward is known); a top-level ``conv1``/``bn1`` stem gets its BN folded. ``mode`` is the
-    Tucker-2 kernel mode (``auto``, ``fused``, ``split``).
+    Tucker-2 kernel mode (``auto``, ``fused``, ``split``, ``halo``).
 
     Raises:
         BatudeError: the model is in training mode, or has no recognised block.

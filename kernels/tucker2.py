@@ -12,10 +12,16 @@ the bias and a folded BatchNorm; fp32 accumulation, output in the input dtype):
            the ``[BLOCK_M, R1p]`` core tile held in registers.
 ``split``  two kernels: a 1x1 GEMM writes the ``R2p``-channel intermediate (NHWC), then the same core
            kernel loads it instead of recomputing it. The first 1x1 costs its FLOPs once.
-``auto``   on CUDA, the first call for a shape times both (after their own autotuning, each as a
-           replayed CUDA graph: GPU time, not launch overhead) and caches the faster; where timing
+``halo``   one persistent kernel on ``TILE_H x TILE_W`` output tiles: the first 1x1 is computed once
+           for each input pixel of the tile's halo (the pixels its taps read: 100 for an 8x8 tile
+           of a 3x3 stride-1 conv, 1.56x the tile, against ``fused``'s 9x), staged in the program's
+           own slot of a scratch buffer (written and read back by the same block, so it stays in
+           L1/L2), then the core reads its taps from there. One launch and no full intermediate in
+           memory; no split-K, so it needs many tiles (large batches, early stages) to fill the GPU.
+``auto``   on CUDA, the first call for a shape times the three (after their own autotuning, each as a
+           replayed CUDA graph: GPU time, not launch overhead) and caches the fastest; where timing
            is impossible (CUDA-graph capture, interpreter) a heuristic picks ``fused`` for at most
-           4096 output pixels and at most 64 input channels, else ``split``.
+           4096 output pixels and at most 64 input channels, else ``split`` (``halo`` only when timed).
 
 Tiling: one program owns ``BLOCK_M`` output pixels and all ``R1p`` core channels (the accumulator
 must hold the whole core output for the last 1x1), loops over ``kh*kw`` taps x ``BLOCK_K`` rank
@@ -55,7 +61,7 @@ __all__ = ["tucker2_conv", "tucker2_output_size", "auto_choice", "core_args", "M
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "fused", "split")
+MODES = ("auto", "fused", "split", "halo")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_R = 512
 _AUTO_CHOICE: dict[tuple, str] = {}
@@ -200,9 +206,55 @@ def _launch_pointwise(x: torch.Tensor, u_in: torch.Tensor, t: torch.Tensor, conf
                        run, launch, warps, stages)
 
 
+def _launch_halo(x, u_in, core, u_out, eps, out, geo, config: dict | None) -> None:
+    """One launch of the halo kernel (``config``: a fixed halo config, else autotuned or the heuristic).
+
+    ``config["PROGRAMS"]`` caps the persistent grid (default ``HALO_PROGRAMS_PER_SM`` per SM): tests
+    use it to make programs loop over several tiles and reuse their slot.
+    """
+    n, c, h, w, oh, ow, kh, kw, rk, rp, s, stride, padding, dilation = geo
+    scale, shift, residual, relu = eps
+    dummy = cfg.dummy_f32(x.device)
+    args = core_args(geo, (x.stride(0), x.stride(2), x.stride(3)), (scale is not None, shift is not None, residual is not None, relu))
+    meta = dict(RP=rp, PRECISION=precision_for(x.dtype))
+    shape = {**args, "RP": rp, "x_ptr": x}
+    tune = config is None and autotune_enabled()
+    if config is None and not tune:
+        config = cfg.heuristic_halo(shape, interpreting())
+    launch = dict(config or {})
+    programs = launch.pop("PROGRAMS", None)
+    # room for what runs: the tuner's candidates, and the heuristic it falls back to when none fits
+    slot = cfg.halo_slot(shape, None if tune else [launch])
+    if tune:
+        slot = max(slot, cfg.halo_slot(shape, [cfg.heuristic_halo(shape, False)]))
+    grid_cap = programs if programs is not None else cfg.HALO_PROGRAMS_PER_SM * cfg.num_sms()
+    scratch = cfg.scratch(x.device, x.dtype, grid_cap * slot)
+    ptrs = (x, u_in, core, u_out, scale if scale is not None else dummy, shift if shift is not None else dummy,
+            residual if residual is not None else out, out, scratch)
+    if tune:
+        grid = lambda META: (cfg.halo_grid(n, oh, ow, META["TILE_H"], META["TILE_W"]),)  # noqa: E731
+        try:
+            cfg.autotuned("halo")[grid](*ptrs, **args, SLOT=slot, **meta)
+            return
+        except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
+            launch = cfg.heuristic_halo(shape, False)
+    launch.setdefault("BLOCK_M", cfg.halo_block_m(launch["TILE_H"], launch["TILE_W"]))
+    warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
+
+    def run(tile: dict, warps: int, stages: int) -> None:
+        grid = (cfg.halo_grid(n, oh, ow, tile["TILE_H"], tile["TILE_W"], programs),)
+        jit_module()._tucker2_halo_kernel[grid](*ptrs, **args, SLOT=slot, **meta, **tile, num_warps=warps, num_stages=stages)
+
+    cfg.launch_fitting(("halo", x.device.index, x.dtype, rp, tuple(sorted(launch.items())), warps, stages, programs),
+                       run, launch, warps, stages)
+
+
 def _run(mode: str, x, u_in, core, u_out, eps, geo, config: dict | None) -> torch.Tensor:
     n, _, h, w, oh, ow, _, _, rk, _, s = geo[:11]
     out = torch.empty((n, s, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    if mode == "halo":
+        _launch_halo(x, u_in, core, u_out, eps, out, geo, None if config is None else config.get("halo"))
+        return out
     if mode == "fused":
         _launch_core(x, x, u_in, core, u_out, eps, out, geo, True, config)
         return out
@@ -287,8 +339,8 @@ def _auto_mode(x: torch.Tensor, geo: tuple, run) -> str:
     if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return guess
     try:
-        times = {mode: _time_ms(lambda: run(mode)) for mode in ("fused", "split")}
-    except _CaptureFailed as err:  # both graphed or neither: eager times would favour fused again
+        times = {mode: _time_ms(lambda: run(mode)) for mode in MODES[1:]}
+    except _CaptureFailed as err:  # all graphed or none: eager times would favour fused again
         log.debug("tucker2 auto mode for %s: CUDA-graph timing failed (%s); using the heuristic", key, err)
         times = {guess: 0.0}
     _AUTO_CHOICE[key] = min(times, key=times.get)
@@ -308,8 +360,10 @@ def tucker2_conv(x: torch.Tensor, u_in: torch.Tensor, core: torch.Tensor, u_out:
         u_in: ``(C, R2p)``; core: ``(kh, kw, R2p, R1p)``; u_out: ``(R1p, S)``; all in ``x``'s dtype.
         scale, shift: ``(S,)`` epilogue vectors (fp32 or ``x``'s dtype); residual: ``(N, S, H', W')``
             channels_last in ``x``'s dtype, added after scale/shift and before the ReLU.
-        mode: ``fused``, ``split`` or ``auto`` (module docs). ``config``: fixed launch parameters
-            instead of autotuning (tests, benchmarks); ``config["pointwise"]`` for the split's 1x1.
+        mode: ``fused``, ``split``, ``halo`` or ``auto`` (module docs). ``config``: fixed launch parameters
+            instead of autotuning (tests, benchmarks); ``config["pointwise"]`` for the split's 1x1,
+            ``config["halo"]`` for the halo mode (``TILE_H``, ``TILE_W``, ``HALO_BLOCK``, ``BLOCK_K``,
+            ``BLOCK_C``, ``BLOCK_S``, warps, stages; optional ``PROGRAMS``; the heuristic where absent).
 
     Returns:
         ``(N, S, H', W')`` in ``x``'s dtype, channels_last.

@@ -94,4 +94,6 @@ def fixed_gpu_config(rp: int, split_k: int = 1) -> dict:
     """One launch config per padded rank, so the GPU sweep compiles few kernel variants."""
     return dict(BLOCK_M=32 if rp <= 256 else 16, BLOCK_K=32, BLOCK_C=32, BLOCK_S=64, SPLIT_K=split_k,
                 num_warps=4 if rp <= 128 else 8, num_stages=2,
-                pointwise=dict(BLOCK_M=64, BLOCK_N=32, BLOCK_C=32, num_warps=4, num_stages=2))
+                pointwise=dict(BLOCK_M=64, BLOCK_N=32, BLOCK_C=32, num_warps=4, num_stages=2),
+                halo=dict(TILE_H=4, TILE_W=8, HALO_BLOCK=32, BLOCK_K=32, BLOCK_C=32, BLOCK_S=64,
+                          num_warps=4 if rp <= 128 else 8, num_stages=2))

@@ -42,6 +42,19 @@ def test_resnet18_tucker2_layer_compiles_for_h100(mode, dtype):
     assert rec["fuse_first"] is (mode == "fused") and rec["rp"] == 128
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_resnet18_tucker2_halo_compiles_for_h100(dtype):
+    from batude.kernels.aot import SHARED_LIMIT, Layer, compile_spec, layer_specs
+
+    specs = layer_specs(Layer(c=64, s=128, hw=56, k=3, stride=2, r1=64, r2=32, batch=64), dtype, "halo")
+    assert {s.kind for s in specs} == {"halo"} and len(specs) >= 2
+    assert all(s.args["BLOCK_M"] >= s.args["TILE_H"] * s.args["TILE_W"] for s in specs)
+    rec = compile_spec(_heuristic_spec(specs, "halo"))
+    assert rec["ok"], rec["error"]
+    assert 0 < rec["shared_bytes"] <= SHARED_LIMIT[90] and 0 < rec["registers"] <= 255
+    assert {"TILE_H", "TILE_W", "HALO_BLOCK", "BLOCK_M"} <= set(rec["config"]) and rec["rp"] == 64
+
+
 def test_lowrank_chain_compiles_for_h100():
     from batude.kernels.aot import Layer, compile_spec, layer_specs
 
@@ -110,8 +123,15 @@ def test_the_gpu_tests_fixed_configs_fit_an_h100(dtype, r1, split):
 
     spec = _heuristic_spec(layer_specs(Layer(c=512, s=512, hw=7, k=3, stride=1, r1=r1, r2=256, batch=1), dtype, "fused"),
                            "tucker2")
-    config = {k: v for k, v in fixed_gpu_config(spec.args["RP"], split).items() if k != "pointwise"}
+    fixed = fixed_gpu_config(spec.args["RP"], split)
+    config = {k: v for k, v in fixed.items() if k not in ("pointwise", "halo")}
     spec.num_warps, spec.num_stages = config.pop("num_warps"), config.pop("num_stages")
     spec.args.update(config, BLOCK_M=16 if split > 1 else config["BLOCK_M"])
     rec = compile_spec(spec)
+    assert rec["ok"], rec["error"]
+    halo = _heuristic_spec(layer_specs(Layer(c=512, s=512, hw=7, k=3, stride=1, r1=r1, r2=256, batch=1), dtype, "halo"), "halo")
+    config = dict(fixed["halo"])
+    halo.num_warps, halo.num_stages = config.pop("num_warps"), config.pop("num_stages")
+    halo.args.update(config, BLOCK_M=config["TILE_H"] * config["TILE_W"])
+    rec = compile_spec(halo)
     assert rec["ok"], rec["error"]

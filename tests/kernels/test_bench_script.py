@@ -23,11 +23,11 @@ def test_smoke_run_writes_json_and_plot(tmp_path):
     assert {"env", "args", "dtype", "layers", "model", "goals", "elapsed_s"} <= set(report)
     assert report["env"]["torch"]
     layers = [r for r in report["layers"] if "median_ms" in r]
-    assert {r["variant"] for r in layers} == {"dense", "chain", "fused", "split"}
+    assert {r["variant"] for r in layers} == {"dense", "chain", "fused", "split", "halo"}
     assert {r["batch"] for r in layers} == {1, 2}
     for r in layers:
         assert r["median_ms"] > 0 and r["speedup_vs_chain"] > 0 and r["auto_choice"] in ("fused", "split")
-        if r["variant"] in ("fused", "split"):
+        if r["variant"] in ("fused", "split", "halo"):
             assert r["rel_err_vs_chain"] < 1e-4  # fp32 under the interpreter: the kernels compute the chain
     models = {(r["model"], r["backend"], r["batch"]) for r in report["model"] if "median_ms" in r}
     assert models == {(m, b, n) for m, b in (("dense", "eager"), ("triton", "fused"), ("chain", "eager")) for n in (1, 2)}

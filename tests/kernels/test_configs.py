@@ -150,7 +150,7 @@ def test_large_ranks_get_tiles_beyond_16_rows_with_8_warps(m):
     assert not any(c.num_warps == 8 and c.kwargs["BLOCK_M"] < 64 for c in small)  # 8 warps only where tiles are big
 
 
-def test_auto_mode_times_both_modes_and_falls_back_to_the_heuristic_when_capture_fails(monkeypatch):
+def test_auto_mode_times_every_mode_and_falls_back_to_the_heuristic_when_capture_fails(monkeypatch):
     """The mode choice logic around the (GPU-only) CUDA-graph timing: the faster mode, or the guess, cached per shape."""
     from types import SimpleNamespace
 
@@ -161,7 +161,7 @@ def test_auto_mode_times_both_modes_and_falls_back_to_the_heuristic_when_capture
     monkeypatch.setattr(tucker2, "_AUTO_CHOICE", {})
     geo = (64, 512, 7, 7, 7, 7, 3, 3, 256, 256, 512, (1, 1))  # the guess: split
     monkeypatch.setattr(tucker2, "_time_ms", lambda fn: fn())
-    assert tucker2._auto_mode(x, geo, lambda mode: {"fused": 1.0, "split": 2.0}[mode]) == "fused"  # measured beats the guess
+    assert tucker2._auto_mode(x, geo, lambda mode: {"fused": 1.0, "split": 2.0, "halo": 1.5}[mode]) == "fused"  # measured beats the guess
     assert tucker2._auto_mode(x, geo, lambda mode: pytest.fail("timed twice")) == "fused"  # cached per shape
 
     def refuse(fn):
@@ -171,3 +171,78 @@ def test_auto_mode_times_both_modes_and_falls_back_to_the_heuristic_when_capture
     other = (1, 64, 56, 56, 56, 56, 3, 3, 32, 32, 64, (1, 1))  # the guess: fused
     assert tucker2._auto_mode(x, other, lambda mode: None) == "fused"
     assert tucker2._AUTO_CHOICE[tucker2._auto_key(x, other)] == "fused"
+
+
+def _halo_args(n, c, hw, stride, rk, rp, s, k=3):
+    from batude.kernels.tucker2 import core_args, tucker2_output_size
+
+    oh, ow = tucker2_output_size(hw, hw, (k, k), (stride,) * 2, (k // 2,) * 2, (1, 1))
+    geo = (n, c, hw, hw, oh, ow, k, k, rk, rp, s, (stride,) * 2, (k // 2,) * 2, (1, 1))
+    return {**core_args(geo, (hw * hw * c, hw * c, c), (False, True, True, True)), "RP": rp}
+
+
+def _halo_candidates():
+    import triton
+
+    from batude.kernels import _configs
+
+    return [triton.Config(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs), num_warps=w, num_stages=st)
+            for th, tw, hb, bk, bs, w, st in _configs._HALO]
+
+
+HALO_SHAPES = [(n, c, hw, st, c // 2, s // 2, s) for n in (1, 64) for c, s, hw, st in
+               [(64, 64, 56, 1), (64, 128, 56, 2), (128, 128, 28, 1), (256, 512, 14, 2), (512, 512, 7, 1), (16, 16, 28, 1)]]
+
+
+@pytest.mark.parametrize("n,c,hw,stride,rk,r1,s", HALO_SHAPES, ids=[f"b{h[0]}-{h[1]}to{h[6]}-{h[2]}-s{h[3]}" for h in HALO_SHAPES])
+def test_halo_pruning_and_heuristic_keep_tiles_that_fit_the_map(n, c, hw, stride, rk, r1, s):
+    from batude.kernels import _configs
+
+    rp = _configs.next_pow2(r1)
+    a = _halo_args(n, c, hw, stride, rk, rp, s)
+    kept = _configs._prune_halo(_halo_candidates(), a)
+    heuristic = _configs.heuristic_halo(a, False)
+    assert 1 <= len(kept) <= _configs.HALO_KEEP
+    for kw, warps in [(c.kwargs, c.num_warps) for c in kept] + [(heuristic, heuristic["num_warps"])]:
+        th, tw, bm = kw["TILE_H"], kw["TILE_W"], kw["BLOCK_M"]
+        assert bm >= th * tw and bm == _configs.next_pow2(bm) and bm * rp <= 16384
+        assert _configs._halo_use(a["OH"], a["OW"], th, tw) >= _configs.HALO_MIN_USE  # few masked rows
+        assert kw["BLOCK_K"] <= max(16, rk) and kw["BLOCK_C"] <= max(16, c)
+        assert warps == 8 or bm * rp < 8192
+    # the slot the launcher allocates covers every candidate's halo
+    slot = _configs.halo_slot(a)
+    for kw in [c.kwargs for c in kept]:
+        rows = _configs.halo_rows(kw["TILE_H"], kw["TILE_W"], 3, 3, (stride,) * 2, (1, 1), kw["HALO_BLOCK"])
+        assert rows * rk <= slot
+        assert rows >= ((kw["TILE_H"] - 1) * stride + 3) * ((kw["TILE_W"] - 1) * stride + 3)
+
+
+def test_halo_tile_model():
+    from batude.kernels import _configs
+
+    assert _configs.halo_block_m(8, 8) == 64 and _configs.halo_block_m(7, 7) == 64 and _configs.halo_block_m(2, 3) == 16
+    assert _configs.halo_rows(8, 8, 3, 3, (1, 1), (1, 1), 64) == 128  # 10x10 = 100 pixels in two 64-row chunks
+    assert _configs.halo_rows(8, 8, 3, 3, (2, 2), (1, 1), 64) == 320  # 17x17 = 289
+    assert _configs._halo_use(56, 56, 8, 8) == 1.0 and _configs._halo_use(7, 7, 8, 8) == 49 / 64
+    assert _configs.halo_grid(64, 56, 56, 8, 8) == 2 * SMS and _configs.halo_grid(1, 7, 7, 4, 4) == 4
+    assert _configs.halo_grid(64, 56, 56, 8, 8, programs=3) == 3
+    # launch_fitting shrinks a halo config without ever cutting BLOCK_M below its tile
+    meta = dict(TILE_H=8, TILE_W=8, BLOCK_M=64, HALO_BLOCK=64, BLOCK_K=64, BLOCK_C=64, BLOCK_S=64)
+    stages, seen = 2, []
+    while (step := _configs._smaller(meta, stages)) is not None:
+        meta, stages = step
+        seen.append(meta["BLOCK_M"])
+    assert set(seen) == {64} and meta["HALO_BLOCK"] == 16 and meta["BLOCK_S"] == 16
+
+
+def test_halo_scratch_grows_and_is_reused():
+    import torch
+
+    from batude.kernels import _configs
+
+    dev = torch.device("cpu")
+    a = _configs.scratch(dev, torch.float16, 1000)
+    assert a.numel() >= 1000 and a.dtype == torch.float16
+    assert _configs.scratch(dev, torch.float16, 10) is a
+    b = _configs.scratch(dev, torch.float16, a.numel() + 1)
+    assert b.numel() >= 2 * a.numel() and _configs.scratch(dev, torch.float32, 10).dtype == torch.float32

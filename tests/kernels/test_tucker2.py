@@ -79,7 +79,7 @@ def _interp_cases():
         (1, 16, 9, 9, 12, 5, 11, 3, 2, 0),  # stride 2, no padding
         (2, 20, 5, 5, 24, 9, 7, 1, 1, 0),  # 1x1 core
     ]
-    for shape, dtype, mode in itertools.product(shapes, (torch.float32, torch.float16), ("fused", "split")):
+    for shape, dtype, mode in itertools.product(shapes, (torch.float32, torch.float16), ("fused", "split", "halo")):
         ids = "n{}-c{}-{}x{}-s{}-r{}x{}-k{}-st{}-p{}".format(*shape)
         yield pytest.param(shape, dtype, mode, id=f"{ids}-{str(dtype)[6:]}-{mode}")
 
@@ -97,7 +97,7 @@ def test_interpreter_matches_reference(shape, dtype, mode):
 
 @interp
 @pytest.mark.parametrize("part", ["none", "scale", "shift", "residual", "relu", "all"])
-@pytest.mark.parametrize("mode", ["fused", "split"])
+@pytest.mark.parametrize("mode", ["fused", "split", "halo"])
 def test_interpreter_epilogue_parts(part, mode):
     p = pack_tucker2(*tucker_factors(16, 24, 9, 12, 3), bn_scale=bn_vectors(24)[0], fold_scale=False)
     x = nhwc(torch.randn(2, 16, 6, 6))
@@ -131,9 +131,26 @@ def test_interpreter_split_k_reduction_and_workspace_reset(split_k, mode):
 def test_interpreter_dilation():
     p = pack_tucker2(*tucker_factors(16, 16, 8, 8, 3))
     x = nhwc(torch.randn(1, 16, 9, 9))
-    for mode in ("fused", "split"):
+    for mode in ("fused", "split", "halo"):
         out, ref = _run(x, p, mode=mode, padding=2, dilation=2)
         assert out.shape == (1, 16, 9, 9) and rel_err(out, ref) <= TOL[torch.float32]
+
+
+@interp
+@pytest.mark.parametrize("tile,stride", [((3, 5), 1), ((2, 2), 2), ((4, 4), 1)], ids=["3x5-s1", "2x2-s2", "4x4-s1"])
+def test_interpreter_halo_tiles_slot_reuse_and_no_unwritten_reads(tile, stride):
+    """Tiles that overhang the map, non-power-of-two tiles, and 2 programs looping over every tile and reusing
+    their slot; the scratch starts as NaN, so a read of anything a tile did not write first shows up."""
+    from batude.kernels import _configs
+
+    p = pack_tucker2(*tucker_factors(24, 40, 13, 20, 3))
+    x = nhwc(torch.randn(3, 24, 9, 7))
+    res = nhwc(torch.randn(3, 40, *[(d - 1) // stride + 1 for d in (9, 7)]))
+    cfg = {"halo": dict(TILE_H=tile[0], TILE_W=tile[1], HALO_BLOCK=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, num_warps=4,
+                        num_stages=1, PROGRAMS=2)}
+    _configs.scratch(torch.device("cpu"), torch.float32, 1 << 16).fill_(float("nan"))
+    out, ref = _run(x, p, mode="halo", config=cfg, stride=stride, residual=res, relu=True)
+    assert torch.isfinite(out).all() and rel_err(out, ref) <= TOL[torch.float32]
 
 
 @interp
@@ -187,7 +204,7 @@ def _gpu_cases():
     nets = [("r18", RESNET18_3X3, (torch.float16, torch.bfloat16)), ("r50", RESNET50_3X3, (torch.float16,)),
             ("r20", RESNET20_3X3, (torch.float16, torch.bfloat16))]
     for net, shapes, dtypes in nets:
-        for (c, s, h, stride), aligned, dtype, mode in itertools.product(shapes, (True, False), dtypes, ("fused", "split")):
+        for (c, s, h, stride), aligned, dtype, mode in itertools.product(shapes, (True, False), dtypes, ("fused", "split", "halo")):
             yield pytest.param(c, s, h, stride, aligned, dtype, mode,
                                id=f"{net}-{c}to{s}-{h}-s{stride}-{'al' if aligned else 'unal'}-{str(dtype)[6:]}-{mode}")
 
@@ -205,7 +222,7 @@ def test_gpu_resnet_layer_shapes(c, s, h, stride, aligned, dtype, mode):
 
 @gpu
 @pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("mode", ["fused", "split", "auto"])
+@pytest.mark.parametrize("mode", ["fused", "split", "halo", "auto"])
 @pytest.mark.parametrize("c,s,h,stride", [RESNET18_3X3[2], RESNET18_3X3[-1]], ids=["128-28", "512-7"])
 def test_gpu_autotuned(c, s, h, stride, mode, batch):
     p = _cuda_pack(c, s, c // 2, c // 2)
@@ -226,6 +243,19 @@ def test_gpu_split_k_is_race_free(dtype):
             outs = [_run(x, p, mode=mode, config=cfg, residual=res, relu=True) for _ in range(10)]
             for out, ref in outs:
                 assert rel_err(out, ref) <= GPU_TOL[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("c,s,h,stride", [RESNET18_3X3[0], RESNET18_3X3[1]], ids=["64-56", "64to128-56-s2"])
+def test_gpu_halo_is_race_free(c, s, h, stride):
+    """Many programs, each looping over tiles and reusing its slot between two CTA barriers: repeated runs agree
+    with the reference (a missing barrier would let a tile read a slot its neighbour threads are still writing)."""
+    p = _cuda_pack(c, s, s // 2, c // 2)
+    x = nhwc(torch.randn(32, c, h, h, device="cuda", dtype=torch.float16))
+    cfg = {"halo": {**fixed_gpu_config(p.core.shape[3])["halo"], "PROGRAMS": 64}}
+    for _ in range(10):
+        out, ref = _run(x, p, mode="halo", config=cfg, stride=stride, relu=True)
+        assert rel_err(out, ref) <= GPU_TOL[torch.float16]
 
 
 @gpu
