@@ -10,8 +10,9 @@
 # per session; a fresh H100 started in about 30 s on 2026-11-26). The device tool brings back at
 # most 8 files from $OUT, at most two folders down: run few parts per call, or pack extra files into
 # a tarball. Times measured on an H100 that day (BENCHMARKS.md, "H100 runs"), estimates marked "?":
-#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (8 xdist workers, 100-128 s)
-#                                                      #   + kernels_vs_cudnn.py (82-88 s)                (~3.5 min)
+#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (8 xdist workers, 100-128 s before the
+#                                                      #   halo mode's tests) + kernels_vs_cudnn.py (82-88 s before
+#                                                      #   the halo column and its autotuning; now capped at 240 s)  (~6 min?)
 #   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs and compile,
 #                                                      #   b64/b1) + latency_vs_flops ResNet-18 2.52x      (82 s; ~2-3 min?
 #                                                      #   since dense is also timed compile-graph)
@@ -55,7 +56,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   KERNELS="--smoke"; export TRITON_INTERPRET=1
 else
   DENSE_EPOCHS=${DENSE_EPOCHS:-30}; ADMM=${ADMM:-10}; FT=${FT:-10}; SUBSET=""; DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-4}
-  LAT=""; LVF="--device cuda --dtypes fp16 --batches 1,64 --backends eager,cuda-graph"; KERNELS="--budget-s 150"
+  LAT=""; LVF="--device cuda --dtypes fp16 --batches 1,64 --backends eager,cuda-graph"; KERNELS="--budget-s 240 --layer-budget-s 160"
 fi
 has() { [[ ",$PART," == *",$1,"* ]]; }
 LUTS=${LUT_DIR:+--lut-dir $LUT_DIR}  # reuse latency tables an earlier session saved (lut_b<batch>.json, same GPU)

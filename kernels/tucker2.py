@@ -19,7 +19,8 @@ the bias and a folded BatchNorm; fp32 accumulation, output in the input dtype):
            L1/L2), then the core reads its taps from there. One launch and no full intermediate in
            memory; no split-K, so it needs many tiles (large batches, early stages) to fill the GPU.
 ``auto``   on CUDA, the first call for a shape times the three (after their own autotuning, each as a
-           replayed CUDA graph: GPU time, not launch overhead) and caches the fastest; where timing
+           replayed CUDA graph: GPU time, not launch overhead) and caches the fastest (a mode that
+           fails to compile or launch there is left out, with a warning); where timing
            is impossible (CUDA-graph capture, interpreter) a heuristic picks ``fused`` for at most
            4096 output pixels and at most 64 input channels, else ``split`` (``halo`` only when timed).
 
@@ -338,8 +339,18 @@ def _auto_mode(x: torch.Tensor, geo: tuple, run) -> str:
     guess = _guess(geo)
     if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return guess
+    times: dict[str, float] = {}
     try:
-        times = {mode: _time_ms(lambda: run(mode)) for mode in MODES[1:]}
+        for mode in MODES[1:]:
+            try:
+                times[mode] = _time_ms(lambda: run(mode))
+            except _CaptureFailed:
+                raise
+            except Exception as err:  # e.g. a mode that does not compile for this GPU: the others still serve
+                log.warning("tucker2 auto mode for %s: %s failed (%s: %s); choosing among the others",
+                            key, mode, type(err).__name__, err)
+                if mode == MODES[-1] and not times:
+                    raise
     except _CaptureFailed as err:  # all graphed or none: eager times would favour fused again
         log.debug("tucker2 auto mode for %s: CUDA-graph timing failed (%s); using the heuristic", key, err)
         times = {guess: 0.0}

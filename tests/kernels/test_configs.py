@@ -167,6 +167,20 @@ def test_auto_mode_times_every_mode_and_falls_back_to_the_heuristic_when_capture
     def refuse(fn):
         raise tucker2._CaptureFailed("operation not permitted when stream is capturing")
 
+    def broken(mode):  # a mode that fails on this GPU is left out; the others are still timed
+        if mode == "halo":
+            raise RuntimeError("does not compile")
+        return {"fused": 2.0, "split": 1.0}[mode]
+
+    third = (64, 256, 14, 14, 14, 14, 3, 3, 128, 128, 256, (1, 1))
+    assert tucker2._auto_mode(x, third, broken) == "split"
+
+    def all_broken(mode):
+        raise RuntimeError(f"{mode} does not compile")
+
+    with pytest.raises(RuntimeError, match="halo does not compile"):
+        tucker2._auto_mode(x, (2, *third[1:]), all_broken)
+
     monkeypatch.setattr(tucker2, "_time_ms", refuse)
     other = (1, 64, 56, 56, 56, 56, 3, 3, 32, 32, 64, (1, 1))  # the guess: fused
     assert tucker2._auto_mode(x, other, lambda mode: None) == "fused"
