@@ -8,7 +8,9 @@
 4. Both final models (each Tucker layer in its table-chosen variant) and the dense model are
    measured in this process; accuracy, FLOPs, predicted and measured latency side by side.
 
-Writes ``results.json`` and prints a Markdown table.
+Writes ``results.json``, each run's plan (``plan_flops.json``, ``plan_latency.json``: ranks, variants,
+predicted latency; ``batude bench --plan`` re-measures them on the same kind of machine) and
+prints a Markdown table.
 
     python benchmarks/latency_budget_accuracy.py --dense DIR/model.pt --out out --device cuda --dtype fp16 \\
         --lut-backend cuda-graph --batch 64 --epochs-admm 10 --epochs-ft 10                  # GPU
@@ -102,6 +104,7 @@ def main(argv=None) -> int:
                "dense_accuracy": evaluate(dense.to(device), loaders[1], device, TrainConfig(device=args.device))[1],
                "dense_ms": timing["dense"]["median_ms"], "runs": []}
     for name, (budget, res, seconds) in runs.items():
+        res.plan.save(out / f"plan_{name}.json")
         macs = flop_counter_macs(res.model.cpu().float(), shape)
         results["runs"].append({
             "run": name, "budget": budget, "accuracy": res.accuracy, "decomposed_accuracy": res.decomposed_accuracy,

@@ -145,6 +145,9 @@ def test_latency_budget_accuracy_runs_both_budgets_on_one_table(tmp_path):
     assert latency["budget"] == f"latency:{flops['predicted_ms']:.6f}ms"
     assert latency["predicted_ms"] <= flops["predicted_ms"] + 1e-5  # the same predicted time, or less
     assert "| latency:" in bench.table(results)
+    plan = batude.RankPlan.load(tmp_path / "out" / "plan_latency.json")
+    assert plan.latency["predicted_ms"] == pytest.approx(latency["predicted_ms"])
+    assert (tmp_path / "out" / "plan_flops.json").is_file()
 
 
 def test_kernels_aot_compiles_for_sm90_and_writes_its_table(tmp_path):
