@@ -39,7 +39,7 @@ from batude.rank.bcadl import BCADLConfig
 from batude.train import CompressConfig, TrainConfig, compress, evaluate
 from batude.train.config import COMPILE_MODES
 from batude.train.fit import epoch_seconds
-from batude.train.loop import seed_everything
+from batude.train.loop import epoch_lines, seed_everything
 
 
 def _args(argv=None):
@@ -186,16 +186,6 @@ def _summary(run) -> str:
             f"{run['macs_reduction']:.3f}x fewer FLOPs, {run['seconds']:.0f}s")
 
 
-def _epoch_lines(name: str):
-    """A progress callback that prints one line per finished epoch (logs of long GPU runs show how far they got)."""
-    started = time.perf_counter()
-
-    def report(label: str, step: int, steps: int, loss: float) -> None:
-        if step == steps:
-            print(f"  {name}: {label} done, loss {loss:.4f}, {time.perf_counter() - started:.0f}s into the run", flush=True)
-    return report
-
-
 def main(argv=None) -> int:
     args = _args(argv)
     out = Path(args.out)
@@ -235,7 +225,7 @@ def main(argv=None) -> int:
         train_loader = make_loader(train, args.batch_size, True, seed, args.workers, pin_memory=pin)
         start = time.perf_counter()
         res = compress(copy.deepcopy(ckpt.model), train_loader, test_loader, budget, _compress_config(args, base, seed, method, score),
-                       progress=_epoch_lines(f"{budget} seed {seed} {method}"))
+                       progress=epoch_lines(f"{budget} seed {seed} {method}"))
         macs = flop_counter_macs(res.model.cpu().float(), shape)
         run = {"budget": budget, "seed": seed, "method": method, "score": score, "dense_accuracy": res.dense_accuracy,
                "decomposed_accuracy": res.decomposed_accuracy, "accuracy": res.accuracy, "drop": res.dense_accuracy - res.accuracy,

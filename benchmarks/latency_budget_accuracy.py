@@ -38,7 +38,7 @@ from batude.export.lower import apply_variants
 from batude.nn import flop_counter_macs
 from batude.train import CompressConfig, TrainConfig, compress, evaluate
 from batude.train.config import COMPILE_MODES
-from batude.train.loop import seed_everything
+from batude.train.loop import epoch_lines, seed_everything
 
 
 def _args(argv=None):
@@ -63,14 +63,16 @@ def _args(argv=None):
     return p.parse_args(argv)
 
 
-def _compress(args, dense, loaders, budget: str, lut: LatencyTable) -> tuple:
+def _compress(args, dense, loaders, budget: str, lut: LatencyTable, name: str) -> tuple:
     seed_everything(args.seed)
     train = TrainConfig(epochs=args.epochs_admm + args.epochs_ft, device=args.device, seed=args.seed, num_workers=args.workers,
                         compile=args.compile)
     cfg = CompressConfig(method="batude", epochs_admm=args.epochs_admm, epochs_ft=args.epochs_ft,
                          updates_per_epoch=args.updates_per_epoch, train=train)
     started = time.perf_counter()
-    result = compress(copy.deepcopy(dense), *loaders, budget, cfg, latency=lut)
+    result = compress(copy.deepcopy(dense), *loaders, budget, cfg, latency=lut, progress=epoch_lines(f"{name} ({budget})"))
+    print(f"{name} ({budget}): {result.accuracy:.2f}%, predicted {result.plan.latency['predicted_ms']:.3f} ms, "
+          f"{time.perf_counter() - started:.0f}s", flush=True)
     return result, time.perf_counter() - started
 
 
@@ -87,10 +89,11 @@ def main(argv=None) -> int:
     pin = TrainConfig(device=args.device).resolved_device().type == "cuda"  # asynchronous copies to the GPU
     loaders = (make_loader(train, 128, True, args.seed, args.workers, pin_memory=pin), make_loader(test, 512, False, 0, pin_memory=pin))
     runs = {}
-    flops_result, flops_s = _compress(args, dense, loaders, args.flops, lut)
+    print(f"latency table: dense {lut.model_ms:.3f} ms on {args.device} (batch {args.batch}, {args.lut_backend})", flush=True)
+    flops_result, flops_s = _compress(args, dense, loaders, args.flops, lut, "flops")
     runs["flops"] = (args.flops, flops_result, flops_s)
     matched = f"latency:{flops_result.plan.latency['predicted_ms']:.6f}ms"
-    latency_result, latency_s = _compress(args, dense, loaders, matched, lut)
+    latency_result, latency_s = _compress(args, dense, loaders, matched, lut, "latency")
     runs["latency"] = (matched, latency_result, latency_s)
     dense_macs = flop_counter_macs(dense, shape)
     device = TrainConfig(device=args.device).resolved_device()

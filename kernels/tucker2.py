@@ -44,7 +44,8 @@ Limits: zero padding only; ``R1p <= 512``; fewer than 2**31 elements per tensor;
 autograd). The first call per shape autotunes (and ``auto`` times both modes), which synchronises:
 make it outside CUDA-graph capture (warm up first, as CUDA-graph and ``torch.compile`` users do).
 Split-K sums in fp32 atomics (run-to-run nondeterministic in the last bits) and shares one
-self-cleaning workspace per device: launches on concurrent streams must not overlap.
+self-cleaning workspace per device, as ``halo`` shares one scratch buffer per device and dtype:
+launches on concurrent streams must not overlap.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def test_latency_aware_triton_rows_are_compared_with_graphed_cudnn_dense():
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
-def test_latency_budget_accuracy_runs_both_budgets_on_one_table(tmp_path):
+def test_latency_budget_accuracy_runs_both_budgets_on_one_table(tmp_path, capsys):
     dense = _dense_checkpoint(tmp_path)
     bench = _script("latency_budget_accuracy")
     assert bench.main(["--dense", str(dense), "--out", str(tmp_path / "out"), "--subset", "200", "--epochs-admm", "1",
@@ -148,6 +148,8 @@ def test_latency_budget_accuracy_runs_both_budgets_on_one_table(tmp_path):
     plan = batude.RankPlan.load(tmp_path / "out" / "plan_latency.json")
     assert plan.latency["predicted_ms"] == pytest.approx(latency["predicted_ms"])
     assert (tmp_path / "out" / "plan_flops.json").is_file()
+    log = capsys.readouterr().out
+    assert "latency table: dense " in log and "  flops (1.5x): admm 1/1 done" in log and "latency (latency:" in log
 
 
 def test_kernels_aot_compiles_for_sm90_and_writes_its_table(tmp_path):

@@ -22,10 +22,22 @@ from batude.errors import BatudeError, Diverged
 from batude.train.config import TrainConfig
 from batude.train.distributed import all_reduce_sums
 
-__all__ = ["Diverged", "EpochStats", "Progress", "seed_everything", "make_optimizer", "compiled", "train_one_epoch", "evaluate",
+__all__ = ["Diverged", "EpochStats", "Progress", "epoch_lines", "seed_everything", "make_optimizer", "compiled", "train_one_epoch", "evaluate",
            "kd_loss"]
 
 Progress = Callable[[str, int, int, float], None]  # (phase label, step, steps, running loss)
+
+
+def epoch_lines(name: str, write: Callable[[str], None] | None = None) -> Progress:
+    """A :data:`Progress` that writes one line per finished epoch (default: printed and flushed), so the logs
+    of long unattended runs show how far they got."""
+    started = time.perf_counter()
+    write = write or (lambda line: print(line, flush=True))
+
+    def report(label: str, step: int, steps: int, loss: float) -> None:
+        if step == steps:
+            write(f"  {name}: {label} done, loss {loss:.4f}, {time.perf_counter() - started:.0f}s into the run")
+    return report
 
 
 @dataclass(frozen=True)
