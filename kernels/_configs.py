@@ -41,11 +41,13 @@ _LARGE_ACC = 8192  # BLOCK_M * R1p from which a program needs 8 warps; 8-warp ti
 # (BLOCK_M, BLOCK_C, BLOCK_S, num_warps, num_stages)
 _LOWRANK = [(16, 64, 64, 4, 2), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 32, 128, 8, 3), (128, 32, 64, 8, 3),
             (16, 64, 64, 8, 2), (32, 64, 64, 8, 3), (64, 32, 64, 8, 2)]  # 8 warps for R1p >= 256, as for tucker2
-# halo mode: (TILE_H, TILE_W, HALO_BLOCK, BLOCK_K, BLOCK_S, num_warps, num_stages); BLOCK_M = next_pow2(TILE_H * TILE_W).
+# halo mode: (TILE_H, TILE_W, HALO_BLOCK, BLOCK_K, BLOCK_S, SPLIT_S, num_warps, num_stages); BLOCK_M = next_pow2(TILE_H * TILE_W).
 # Square-ish tiles keep the halo small (8x8 at 3x3, stride 1: 100 input pixels for 64 outputs); 7- and
-# 14-wide tiles fit the 7/14/28/56-pixel maps of ImageNet ResNets without masked columns.
-_HALO = [(th, tw, 64, 64, 64, w, 2) for th, tw in ((8, 8), (4, 8), (4, 4), (7, 7), (4, 7), (2, 7), (4, 14), (2, 14),
-                                                   (8, 16), (16, 16)) for w in (4, 8)]
+# 14-wide tiles fit the 7/14/28/56-pixel maps of ImageNet ResNets without masked columns. SPLIT_S > 1
+# (small tiles only) spreads a tile's output channels over programs where there are few tiles.
+_HALO = ([(th, tw, 64, 64, 64, 1, w, 2) for th, tw in ((8, 8), (4, 8), (4, 4), (7, 7), (4, 7), (2, 7), (4, 14), (2, 14),
+                                                       (8, 16), (16, 16)) for w in (4, 8)]
+         + [(th, tw, 64, 64, 64, ss, w, 2) for th, tw in ((4, 4), (2, 7), (4, 7), (4, 8)) for ss in (4, 8) for w in (4, 8)])
 HALO_MIN_USE = 0.7  # tiles whose rows are at least this share real output pixels (image edges, pow2 padding)
 HALO_KEEP = 6  # autotune at most this many halo configs per shape (the cheapest by :func:`_halo_cost`)
 HALO_PROGRAMS_PER_SM = 2  # persistent grid: at most this many programs per SM, each with its own scratch slot
@@ -166,9 +168,10 @@ def _halo_tiles(n: int, oh: int, ow: int, tile_h: int, tile_w: int) -> int:
     return n * _cdiv(oh, tile_h) * _cdiv(ow, tile_w)
 
 
-def halo_grid(n: int, oh: int, ow: int, tile_h: int, tile_w: int, programs: int | None = None) -> int:
-    """Programs of a halo launch: one per tile, at most ``programs`` (default ``HALO_PROGRAMS_PER_SM`` per SM)."""
-    cap = programs if programs is not None else HALO_PROGRAMS_PER_SM * num_sms()
+def halo_grid(n: int, oh: int, ow: int, tile_h: int, tile_w: int, programs: int | None = None, split_s: int = 1) -> int:
+    """Grid axis 0 of a halo launch: one program per tile, at most ``programs`` (default: ``HALO_PROGRAMS_PER_SM``
+    per SM, shared by the ``split_s`` programs of axis 1)."""
+    cap = programs if programs is not None else max(1, HALO_PROGRAMS_PER_SM * num_sms() // split_s)
     return max(1, min(_halo_tiles(n, oh, ow, tile_h, tile_w), cap))
 
 
@@ -178,19 +181,24 @@ def _halo_use(oh: int, ow: int, tile_h: int, tile_w: int) -> float:
     return oh * ow / covered * tile_h * tile_w / halo_block_m(tile_h, tile_w)
 
 
-def _halo_cost(a: dict, tile_h: int, tile_w: int, halo_block: int) -> float:
-    """A rough time model for ranking tiles: tiles per program (waves) x each tile's MACs and elements moved."""
+def _halo_cost(a: dict, tile_h: int, tile_w: int, halo_block: int, split_s: int = 1) -> float:
+    """A rough time model for ranking tiles: tiles per program (waves) x a program's MACs and elements moved per tile."""
     kh, kw, rk, rp, s, c = a["KH"], a["KW"], a["RK"], a["RP"], a["S"], a["C"]
     n = a["M"] // (a["OH"] * a["OW"])
     bm = halo_block_m(tile_h, tile_w)
     rows = halo_rows(tile_h, tile_w, kh, kw, (a["STRIDE_H"], a["STRIDE_W"]), (a["DIL_H"], a["DIL_W"]), halo_block)
-    per_tile = bm * (kh * kw * rk * rp + rp * s) + rows * c * rk + 8 * (rows * (c + rk) + bm * (kh * kw * rk + s))
+    per_tile = (bm * kh * kw * rk * rp + bm * rp * s / split_s + rows * c * rk
+                + 8 * (rows * (c + rk) + bm * (kh * kw * rk + s / split_s)))
     tiles = _halo_tiles(n, a["OH"], a["OW"], tile_h, tile_w)
-    return _cdiv(tiles, halo_grid(n, a["OH"], a["OW"], tile_h, tile_w)) * per_tile
+    return _cdiv(tiles, halo_grid(n, a["OH"], a["OW"], tile_h, tile_w, split_s=split_s)) * per_tile
 
 
 def _halo_ok(cfg_kw: dict, warps: int, a: dict) -> bool:
-    th, tw = cfg_kw["TILE_H"], cfg_kw["TILE_W"]
+    th, tw, split = cfg_kw["TILE_H"], cfg_kw["TILE_W"], cfg_kw["SPLIT_S"]
+    if split > 1:  # only to fill the GPU where tiles are few, and each program keeps at least one BLOCK_S tile
+        tiles = _halo_tiles(a["M"] // (a["OH"] * a["OW"]), a["OH"], a["OW"], th, tw)
+        if tiles * 2 > num_sms() or split > _cdiv(a["S"], cfg_kw["BLOCK_S"]):
+            return False
     return _halo_use(a["OH"], a["OW"], th, tw) >= HALO_MIN_USE and _warps_ok(halo_block_m(th, tw), a["RP"], warps)
 
 
@@ -215,7 +223,7 @@ def _prune_halo(configs, named_args, **kwargs):
         sig = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
         if sig not in seen:
             seen.add(sig)
-            kept.append((_halo_cost(a, kw["TILE_H"], kw["TILE_W"], kw["HALO_BLOCK"]), len(kept),
+            kept.append((_halo_cost(a, kw["TILE_H"], kw["TILE_W"], kw["HALO_BLOCK"], kw["SPLIT_S"]), len(kept),
                          triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)))
     out = [c for _, _, c in sorted(kept, key=lambda t: t[:2])[:HALO_KEEP]]
     return out or [_as_config(heuristic_halo(a, False))]
@@ -225,17 +233,19 @@ def heuristic_halo(a: dict, interpret: bool) -> dict:
     """One config for :func:`_tucker2_halo_kernel` for the kernel arguments ``a`` (:func:`batude.kernels.tucker2.core_args`
     plus ``RP``): the cheapest usable tile by :func:`_halo_cost` (small blocks under the interpreter)."""
     if interpret:
-        return dict(TILE_H=4, TILE_W=4, BLOCK_M=16, HALO_BLOCK=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, num_warps=4, num_stages=1)
+        return dict(TILE_H=4, TILE_W=4, BLOCK_M=16, HALO_BLOCK=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, SPLIT_S=1,
+                    num_warps=4, num_stages=1)
     best = None
-    for th, tw, hb, bk, bs, warps, stages in _HALO:
-        kw = _halo_meta(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_S=bs), a)
-        if not _warps_ok(kw["BLOCK_M"], a["RP"], warps):
+    for th, tw, hb, bk, bs, split, warps, stages in _HALO:
+        kw = _halo_meta(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_S=bs, SPLIT_S=split), a)
+        if not (_warps_ok(kw["BLOCK_M"], a["RP"], warps) and (split == 1 or _halo_ok(kw, warps, a))):
             continue
-        cost = _halo_cost(a, th, tw, hb) / min(1.0, _halo_use(a["OH"], a["OW"], th, tw) / HALO_MIN_USE)
+        cost = _halo_cost(a, th, tw, hb, split) / min(1.0, _halo_use(a["OH"], a["OW"], th, tw) / HALO_MIN_USE)
         if best is None or cost < best[0]:
             best = (cost, dict(kw, num_warps=warps, num_stages=2 if a["RP"] >= 256 else stages))
     if best is None:  # R1p = 512 at 16 rows: the smallest tile, 8 warps
-        best = (0.0, dict(_halo_meta(dict(TILE_H=4, TILE_W=4, HALO_BLOCK=64, BLOCK_K=64, BLOCK_S=64), a), num_warps=8, num_stages=2))
+        best = (0.0, dict(_halo_meta(dict(TILE_H=4, TILE_W=4, HALO_BLOCK=64, BLOCK_K=64, BLOCK_S=64, SPLIT_S=1), a),
+                          num_warps=8, num_stages=2))
     return best[1]
 
 
@@ -322,8 +332,8 @@ def candidates(kind: str) -> tuple[list, list[str], object]:
         configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st) for bm, bc, bs, w, st in _LOWRANK]
         return configs, ["M", "OH", "OW", "C", "S", "STRIDE_H", "RP"], _prune_lowrank
     if kind == "halo":
-        configs = [triton.Config(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs), num_warps=w, num_stages=st)
-                   for th, tw, hb, bk, bs, w, st in _HALO]
+        configs = [triton.Config(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_S=ss),
+                                 num_warps=w, num_stages=st) for th, tw, hb, bk, bs, ss, w, st in _HALO]
         return configs, ["M", "OH", "OW", "C", "RK", "S", "KH", "KW", "STRIDE_H", "RP"], _prune_halo
     if kind == "pointwise":
         configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc), num_warps=w, num_stages=st) for bm, bn, bc, w, st in _POINTWISE]

@@ -43,8 +43,11 @@ def _epilogue(o, offs_m, offs_s, M, S, scale_ptr, shift_ptr, res_ptr, out_ptr, H
 @triton.jit
 def _last_1x1(t, offs_m, pid_m, M, S, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, ws_ptr, cnt_ptr,
               HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_S: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr):
+              BLOCK_S: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, S_LO, S_HI):
     """The last 1x1 (``t [BLOCK_M, RP] @ w [RP, S]``) as an epilogue, looping over ``S`` in ``BLOCK_S`` tiles.
+
+    ``S_LO``/``S_HI`` (``SPLIT_K == 1`` only; else ``0, S``): output channels ``[S_LO, S_HI)`` only
+    (``S_LO`` a multiple of ``BLOCK_S``), for programs that share a row block's ``S``.
 
     ``SPLIT_K == 1``: each tile goes straight through :func:`_epilogue`. ``SPLIT_K > 1``: ``t`` is a
     partial sum over this program's share of the reduction; tiles are atomically added into the fp32
@@ -54,7 +57,7 @@ def _last_1x1(t, offs_m, pid_m, M, S, w_ptr, scale_ptr, shift_ptr, res_ptr, out_
     """
     offs_r = tl.arange(0, RP)
     mask_m = offs_m < M
-    for s0 in range(0, S, BLOCK_S):
+    for s0 in range(S_LO, S_HI, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         w = tl.load(w_ptr + offs_r[:, None] * S + offs_s[None, :], mask=(offs_s < S)[None, :], other=0.0)
         o = tl.dot(t, w, input_precision=PRECISION)
@@ -140,7 +143,7 @@ def _tucker2_kernel(
         w = tl.load(core_ptr + (tap * RK + offs_k)[:, None] * RP + offs_r[None, :], mask=(offs_k < RK)[:, None], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
     _last_1x1(acc.to(src_ptr.dtype.element_ty), offs_m, pid_m, M, S, uout_ptr, scale_ptr, shift_ptr, res_ptr,
-              out_ptr, ws_ptr, cnt_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, SPLIT_K, PRECISION)
+              out_ptr, ws_ptr, cnt_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, SPLIT_K, PRECISION, 0, S)
 
 
 @triton.jit(do_not_specialize=_GEOMETRY + _FLAGS + ["SLOT"])
@@ -149,12 +152,15 @@ def _tucker2_halo_kernel(
     M, H, W, OH, OW, C, RK, S, s_n, s_h, s_w, KH, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, SLOT,
     RP: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_M: tl.constexpr, HALO_BLOCK: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_S: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The whole Tucker-2 conv on ``TILE_H x TILE_W`` output tiles, the first 1x1 computed once per halo pixel.
 
     Persistent: program ``pid`` takes tiles ``pid, pid + nprog, ...`` (tile = one image's block of
-    output rows and columns; ``BLOCK_M >= TILE_H * TILE_W`` rows, the rest masked). Per tile:
+    output rows and columns; ``BLOCK_M >= TILE_H * TILE_W`` rows, the rest masked). With few tiles
+    (batch 1, late stages) ``SPLIT_S`` programs (grid axis 1) share each tile, each computing halo
+    and core in full but only its ``BLOCK_S``-aligned share of the ``S`` output channels: more
+    programs at the price of recomputing the core, with no atomics. Per tile:
 
     1. the first 1x1 on every input pixel the tile's taps read (its halo, ``((TILE_H - 1) * STRIDE_H +
        (KH - 1) * DIL_H + 1) x (...)`` pixels, zero outside the image), in ``HALO_BLOCK``-row chunks,
@@ -170,12 +176,16 @@ def _tucker2_halo_kernel(
     """
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    pid_s = tl.program_id(1)
+    s_share = tl.cdiv(tl.cdiv(S, BLOCK_S), SPLIT_S) * BLOCK_S
+    s_lo = pid_s * s_share
+    s_hi = tl.minimum(s_lo + s_share, S)
     tiles_w = tl.cdiv(OW, TILE_W)
     per_image = tl.cdiv(OH, TILE_H) * tiles_w
     n_tiles = (M // (OH * OW)) * per_image
     halo_w = (TILE_W - 1) * STRIDE_W + (KW - 1) * DIL_W + 1
     halo_pix = ((TILE_H - 1) * STRIDE_H + (KH - 1) * DIL_H + 1) * halo_w
-    slot = scratch_ptr + pid.to(tl.int64) * SLOT
+    slot = scratch_ptr + (pid * SPLIT_S + pid_s).to(tl.int64) * SLOT
     offs_i = tl.arange(0, BLOCK_M)
     th = offs_i // TILE_W
     tw = offs_i % TILE_W
@@ -217,7 +227,7 @@ def _tucker2_halo_kernel(
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
         tl.debug_barrier()
         _last_1x1(acc.to(x_ptr.dtype.element_ty), offs_m, pid, M, S, uout_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
-                  out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION)
+                  out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, s_lo, s_hi)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -269,4 +279,4 @@ def _lowrank_kernel(
         b = tl.load(b_ptr + offs_c[:, None] * RP + offs_r[None, :], mask=(offs_c < C)[:, None], other=0.0)
         t = tl.dot(x, b, t, input_precision=PRECISION)
     _last_1x1(t.to(x_ptr.dtype.element_ty), offs_m, pid_m, M, S, a_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
-              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION)
+              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, 0, S)

@@ -17,7 +17,8 @@ the bias and a folded BatchNorm; fp32 accumulation, output in the input dtype):
            of a 3x3 stride-1 conv, 1.56x the tile, against ``fused``'s 9x), staged in the program's
            own slot of a scratch buffer (written and read back by the same block, so it stays in
            L1/L2), then the core reads its taps from there. One launch and no full intermediate in
-           memory; no split-K, so it needs many tiles (large batches, early stages) to fill the GPU.
+           memory. No split-K: where tiles are few (batch 1, late stages) ``SPLIT_S`` programs may
+           share a tile, each recomputing halo and core for its share of the output channels.
 ``auto``   on CUDA, the first call for a shape times the three (after their own autotuning, each as a
            replayed CUDA graph: GPU time, not launch overhead) and caches the fastest (a mode that
            fails to compile or launch there is left out, with a warning); where timing
@@ -211,8 +212,9 @@ def _launch_pointwise(x: torch.Tensor, u_in: torch.Tensor, t: torch.Tensor, conf
 def _launch_halo(x, u_in, core, u_out, eps, out, geo, config: dict | None) -> None:
     """One launch of the halo kernel (``config``: a fixed halo config, else autotuned or the heuristic).
 
-    ``config["PROGRAMS"]`` caps the persistent grid (default ``HALO_PROGRAMS_PER_SM`` per SM): tests
-    use it to make programs loop over several tiles and reuse their slot.
+    ``config["PROGRAMS"]`` caps the persistent grid's axis 0 (default ``HALO_PROGRAMS_PER_SM`` per SM,
+    shared with the ``SPLIT_S`` programs of axis 1): tests use it to make programs loop over several
+    tiles and reuse their slot.
     """
     n, c, h, w, oh, ow, kh, kw, rk, rp, s, stride, padding, dilation = geo
     scale, shift, residual, relu = eps
@@ -229,22 +231,25 @@ def _launch_halo(x, u_in, core, u_out, eps, out, geo, config: dict | None) -> No
     slot = cfg.halo_slot(shape, None if tune else [launch])
     if tune:
         slot = max(slot, cfg.halo_slot(shape, [cfg.heuristic_halo(shape, False)]))
-    grid_cap = programs if programs is not None else cfg.HALO_PROGRAMS_PER_SM * cfg.num_sms()
-    scratch = cfg.scratch(x.device, x.dtype, grid_cap * slot)
+    # programs on both grid axes: at most HALO_PROGRAMS_PER_SM per SM (halo_grid divides that by SPLIT_S)
+    most = programs * launch.get("SPLIT_S", 1) if programs is not None else cfg.HALO_PROGRAMS_PER_SM * cfg.num_sms()
+    scratch = cfg.scratch(x.device, x.dtype, most * slot)
     ptrs = (x, u_in, core, u_out, scale if scale is not None else dummy, shift if shift is not None else dummy,
             residual if residual is not None else out, out, scratch)
     if tune:
-        grid = lambda META: (cfg.halo_grid(n, oh, ow, META["TILE_H"], META["TILE_W"]),)  # noqa: E731
+        grid = lambda META: (cfg.halo_grid(n, oh, ow, META["TILE_H"], META["TILE_W"], split_s=META["SPLIT_S"]),  # noqa: E731
+                             META["SPLIT_S"])
         try:
             cfg.autotuned("halo")[grid](*ptrs, **args, SLOT=slot, **meta)
             return
         except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
             launch = cfg.heuristic_halo(shape, False)
     launch.setdefault("BLOCK_M", cfg.halo_block_m(launch["TILE_H"], launch["TILE_W"]))
+    launch.setdefault("SPLIT_S", 1)
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
 
     def run(tile: dict, warps: int, stages: int) -> None:
-        grid = (cfg.halo_grid(n, oh, ow, tile["TILE_H"], tile["TILE_W"], programs),)
+        grid = (cfg.halo_grid(n, oh, ow, tile["TILE_H"], tile["TILE_W"], programs, tile["SPLIT_S"]), tile["SPLIT_S"])
         jit_module()._tucker2_halo_kernel[grid](*ptrs, **args, SLOT=slot, **meta, **tile, num_warps=warps, num_stages=stages)
 
     cfg.launch_fitting(("halo", x.device.index, x.dtype, rp, tuple(sorted(launch.items())), warps, stages, programs),
@@ -375,7 +380,8 @@ def tucker2_conv(x: torch.Tensor, u_in: torch.Tensor, core: torch.Tensor, u_out:
         mode: ``fused``, ``split``, ``halo`` or ``auto`` (module docs). ``config``: fixed launch parameters
             instead of autotuning (tests, benchmarks); ``config["pointwise"]`` for the split's 1x1,
             ``config["halo"]`` for the halo mode (``TILE_H``, ``TILE_W``, ``HALO_BLOCK``, ``BLOCK_K``,
-            ``BLOCK_C``, ``BLOCK_S``, warps, stages; optional ``PROGRAMS``; the heuristic where absent).
+            ``BLOCK_C``, ``BLOCK_S``, warps, stages; optional ``SPLIT_S``, ``PROGRAMS``; the heuristic
+            where absent).
 
     Returns:
         ``(N, S, H', W')`` in ``x``'s dtype, channels_last.

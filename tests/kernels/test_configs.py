@@ -196,12 +196,9 @@ def _halo_args(n, c, hw, stride, rk, rp, s, k=3):
 
 
 def _halo_candidates():
-    import triton
-
     from batude.kernels import _configs
 
-    return [triton.Config(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs), num_warps=w, num_stages=st)
-            for th, tw, hb, bk, bs, w, st in _configs._HALO]
+    return _configs.candidates("halo")[0]
 
 
 HALO_SHAPES = [(n, c, hw, st, c // 2, s // 2, s) for n in (1, 64) for c, s, hw, st in
@@ -223,6 +220,12 @@ def test_halo_pruning_and_heuristic_keep_tiles_that_fit_the_map(n, c, hw, stride
         assert _configs._halo_use(a["OH"], a["OW"], th, tw) >= _configs.HALO_MIN_USE  # few masked rows
         assert kw["BLOCK_K"] <= max(16, rk) and kw["BLOCK_C"] <= max(16, c)
         assert warps == 8 or bm * rp < 8192
+        if kw["SPLIT_S"] > 1:  # only where tiles are too few to fill the GPU, with a BLOCK_S tile per program
+            assert n * -(-a["OH"] // th) * -(-a["OW"] // tw) * 2 <= SMS and kw["SPLIT_S"] * kw["BLOCK_S"] <= -(-s // 64) * 64
+    if n == 64:
+        assert all(c.kwargs["SPLIT_S"] == 1 for c in kept)
+    if (n, c, hw) == (1, 512, 7):  # 4 tiles of 4x4: the output channels are split to occupy more SMs
+        assert heuristic["SPLIT_S"] > 1
     # the slot the launcher allocates covers every candidate's halo
     slot = _configs.halo_slot(a)
     for kw in [c.kwargs for c in kept]:
@@ -239,7 +242,7 @@ def test_halo_tile_model():
     assert _configs.halo_rows(8, 8, 3, 3, (2, 2), (1, 1), 64) == 320  # 17x17 = 289
     assert _configs._halo_use(56, 56, 8, 8) == 1.0 and _configs._halo_use(7, 7, 8, 8) == 49 / 64
     assert _configs.halo_grid(64, 56, 56, 8, 8) == 2 * SMS and _configs.halo_grid(1, 7, 7, 4, 4) == 4
-    assert _configs.halo_grid(64, 56, 56, 8, 8, programs=3) == 3
+    assert _configs.halo_grid(64, 56, 56, 8, 8, programs=3) == 3 and _configs.halo_grid(64, 56, 56, 8, 8, split_s=4) == SMS // 2
     # launch_fitting shrinks a halo config without ever cutting BLOCK_M below its tile
     meta = dict(TILE_H=8, TILE_W=8, BLOCK_M=64, HALO_BLOCK=64, BLOCK_K=64, BLOCK_C=64, BLOCK_S=64)
     stages, seen = 2, []

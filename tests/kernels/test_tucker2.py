@@ -137,17 +137,19 @@ def test_interpreter_dilation():
 
 
 @interp
-@pytest.mark.parametrize("tile,stride", [((3, 5), 1), ((2, 2), 2), ((4, 4), 1)], ids=["3x5-s1", "2x2-s2", "4x4-s1"])
-def test_interpreter_halo_tiles_slot_reuse_and_no_unwritten_reads(tile, stride):
-    """Tiles that overhang the map, non-power-of-two tiles, and 2 programs looping over every tile and reusing
-    their slot; the scratch starts as NaN, so a read of anything a tile did not write first shows up."""
+@pytest.mark.parametrize("tile,stride,split_s", [((3, 5), 1, 1), ((2, 2), 2, 1), ((4, 4), 1, 1), ((3, 5), 1, 3), ((2, 2), 2, 2)],
+                         ids=["3x5-s1", "2x2-s2", "4x4-s1", "3x5-s1-split3", "2x2-s2-split2"])
+def test_interpreter_halo_tiles_slot_reuse_and_no_unwritten_reads(tile, stride, split_s):
+    """Tiles that overhang the map, non-power-of-two tiles, 2 programs looping over every tile and reusing their
+    slot, and output channels split over programs (40 channels in 16-wide blocks: shares of 16, 16, 8); the
+    scratch starts as NaN, so a read of anything a tile did not write first shows up."""
     from batude.kernels import _configs
 
     p = pack_tucker2(*tucker_factors(24, 40, 13, 20, 3))
     x = nhwc(torch.randn(3, 24, 9, 7))
     res = nhwc(torch.randn(3, 40, *[(d - 1) // stride + 1 for d in (9, 7)]))
-    cfg = {"halo": dict(TILE_H=tile[0], TILE_W=tile[1], HALO_BLOCK=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, num_warps=4,
-                        num_stages=1, PROGRAMS=2)}
+    cfg = {"halo": dict(TILE_H=tile[0], TILE_W=tile[1], HALO_BLOCK=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, SPLIT_S=split_s,
+                        num_warps=4, num_stages=1, PROGRAMS=2)}
     _configs.scratch(torch.device("cpu"), torch.float32, 1 << 16).fill_(float("nan"))
     out, ref = _run(x, p, mode="halo", config=cfg, stride=stride, residual=res, relu=True)
     assert torch.isfinite(out).all() and rel_err(out, ref) <= TOL[torch.float32]
@@ -246,13 +248,14 @@ def test_gpu_split_k_is_race_free(dtype):
 
 
 @gpu
-@pytest.mark.parametrize("c,s,h,stride", [RESNET18_3X3[0], RESNET18_3X3[1]], ids=["64-56", "64to128-56-s2"])
-def test_gpu_halo_is_race_free(c, s, h, stride):
+@pytest.mark.parametrize("c,s,h,stride,batch,split_s", [(*RESNET18_3X3[0], 32, 1), (*RESNET18_3X3[1], 32, 1), (*RESNET18_3X3[-1], 1, 4)],
+                         ids=["64-56", "64to128-56-s2", "512-7-b1-split4"])
+def test_gpu_halo_is_race_free(c, s, h, stride, batch, split_s):
     """Many programs, each looping over tiles and reusing its slot between two CTA barriers: repeated runs agree
     with the reference (a missing barrier would let a tile read a slot its neighbour threads are still writing)."""
     p = _cuda_pack(c, s, s // 2, c // 2)
-    x = nhwc(torch.randn(32, c, h, h, device="cuda", dtype=torch.float16))
-    cfg = {"halo": {**fixed_gpu_config(p.core.shape[3])["halo"], "PROGRAMS": 64}}
+    x = nhwc(torch.randn(batch, c, h, h, device="cuda", dtype=torch.float16))
+    cfg = {"halo": {**fixed_gpu_config(p.core.shape[3])["halo"], "PROGRAMS": 64, "SPLIT_S": split_s}}
     for _ in range(10):
         out, ref = _run(x, p, mode="halo", config=cfg, stride=stride, relu=True)
         assert rel_err(out, ref) <= GPU_TOL[torch.float16]
