@@ -1,6 +1,6 @@
 """The Triton code itself (imported only by the launchers, never at ``import batude``).
 
-Four kernels and two helpers; the launchers in :mod:`batude.kernels.tucker2` and
+Four kernels and three helpers; the launchers in :mod:`batude.kernels.tucker2` and
 :mod:`batude.kernels.lowrank` own all checks, padding conventions and grids. Conventions shared by
 all of them (the packed layouts come from :mod:`batude.kernels.pack`):
 
@@ -83,6 +83,20 @@ def _last_1x1(t, offs_m, pid_m, M, S, w_ptr, scale_ptr, shift_ptr, res_ptr, out_
             tl.atomic_xchg(cnt_ptr + pid_m, 0)
 
 
+@triton.jit
+def _pixels_times(x_ptr, row, valid, w_ptr, offs_n, C, N, ROWS: tl.constexpr, COLS: tl.constexpr,
+                  BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+    """``x[pixels, :C] @ w[:C, offs_n]`` in fp32 for ``ROWS`` NHWC pixels at element offsets ``row`` (``valid``
+    False: a zero row, e.g. outside the image), ``w`` row-major ``(C, N)``: a 1x1 conv on gathered pixels."""
+    acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        xt = tl.load(x_ptr + row[:, None] + offs_c[None, :], mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_c[:, None] * N + offs_n[None, :], mask=(offs_c < C)[:, None] & (offs_n < N)[None, :], other=0.0)
+        acc = tl.dot(xt, w, acc, input_precision=PRECISION)
+    return acc
+
+
 _GEOMETRY = ["M", "H", "W", "OH", "OW", "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "DIL_H", "DIL_W"]
 _FLAGS = ["HAS_SCALE", "HAS_SHIFT", "HAS_RES", "RELU"]
 
@@ -130,14 +144,8 @@ def _tucker2_kernel(
         valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         row = base + ih * s_h + iw * s_w
         if FUSE_FIRST:
-            a32 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-            for c0 in range(0, C, BLOCK_C):
-                offs_c = c0 + tl.arange(0, BLOCK_C)
-                xt = tl.load(src_ptr + row[:, None] + offs_c[None, :], mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
-                u = tl.load(uin_ptr + offs_c[:, None] * RK + offs_k[None, :],
-                            mask=(offs_c < C)[:, None] & (offs_k < RK)[None, :], other=0.0)
-                a32 = tl.dot(xt, u, a32, input_precision=PRECISION)
-            a = a32.to(src_ptr.dtype.element_ty)
+            a = _pixels_times(src_ptr, row, valid, uin_ptr, offs_k, C, RK, BLOCK_M, BLOCK_K, BLOCK_C, PRECISION)
+            a = a.to(src_ptr.dtype.element_ty)
         else:
             a = tl.load(src_ptr + row[:, None] + offs_k[None, :], mask=valid[:, None] & (offs_k < RK)[None, :], other=0.0)
         w = tl.load(core_ptr + (tap * RK + offs_k)[:, None] * RP + offs_r[None, :], mask=(offs_k < RK)[:, None], other=0.0)
@@ -208,13 +216,7 @@ def _tucker2_halo_kernel(
             row = base + ih * s_h + iw * s_w
             for k0 in range(0, RK, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
-                t = tl.zeros([HALO_BLOCK, BLOCK_K], dtype=tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    offs_c = c0 + tl.arange(0, BLOCK_C)
-                    xt = tl.load(x_ptr + row[:, None] + offs_c[None, :], mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
-                    u = tl.load(uin_ptr + offs_c[:, None] * RK + offs_k[None, :],
-                                mask=(offs_c < C)[:, None] & (offs_k < RK)[None, :], other=0.0)
-                    t = tl.dot(xt, u, t, input_precision=PRECISION)
+                t = _pixels_times(x_ptr, row, valid, uin_ptr, offs_k, C, RK, HALO_BLOCK, BLOCK_K, BLOCK_C, PRECISION)
                 tl.store(slot + offs_p[:, None] * RK + offs_k[None, :], t.to(x_ptr.dtype.element_ty), mask=(offs_k < RK)[None, :])
         tl.debug_barrier()
         acc = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
@@ -271,12 +273,6 @@ def _lowrank_kernel(
     iw = ow * STRIDE_W - PAD_W
     valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     row = n.to(tl.int64) * s_n + ih * s_h + iw * s_w
-    offs_r = tl.arange(0, RP)
-    t = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        x = tl.load(x_ptr + row[:, None] + offs_c[None, :], mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
-        b = tl.load(b_ptr + offs_c[:, None] * RP + offs_r[None, :], mask=(offs_c < C)[:, None], other=0.0)
-        t = tl.dot(x, b, t, input_precision=PRECISION)
+    t = _pixels_times(x_ptr, row, valid, b_ptr, tl.arange(0, RP), C, RP, BLOCK_M, RP, BLOCK_C, PRECISION)
     _last_1x1(t.to(x_ptr.dtype.element_ty), offs_m, pid_m, M, S, a_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
               out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, 0, S)
