@@ -68,6 +68,7 @@ MODES = ("auto", "fused", "split", "halo")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_R = 512
 _AUTO_CHOICE: dict[tuple, str] = {}
+_HALO_SLOTS: dict[tuple, int] = {}  # scratch elements per program, per halo launch shape and config
 FUSED_MAX_ROWS = 4096
 FUSED_MAX_CHANNELS = 64
 
@@ -228,9 +229,12 @@ def _launch_halo(x, u_in, core, u_out, eps, out, geo, config: dict | None) -> No
     launch = dict(config or {})
     programs = launch.pop("PROGRAMS", None)
     # room for what runs: the tuner's candidates, and the heuristic it falls back to when none fits
-    slot = cfg.halo_slot(shape, None if tune else [launch])
-    if tune:
-        slot = max(slot, cfg.halo_slot(shape, [cfg.heuristic_halo(shape, False)]))
+    # (pruning the candidates per call would cost eager callers; the answer depends on the shape only)
+    slot_key = (geo, x.dtype, tune, tuple(sorted(launch.items())))
+    if slot_key not in _HALO_SLOTS:
+        slot = cfg.halo_slot(shape, None if tune else [launch])
+        _HALO_SLOTS[slot_key] = max(slot, cfg.halo_slot(shape, [cfg.heuristic_halo(shape, False)])) if tune else slot
+    slot = _HALO_SLOTS[slot_key]
     # programs on both grid axes: at most HALO_PROGRAMS_PER_SM per SM (halo_grid divides that by SPLIT_S)
     most = programs * launch.get("SPLIT_S", 1) if programs is not None else cfg.HALO_PROGRAMS_PER_SM * cfg.num_sms()
     scratch = cfg.scratch(x.device, x.dtype, most * slot)
