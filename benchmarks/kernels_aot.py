@@ -5,7 +5,7 @@ For the 3x3 and 1x1 conv shapes of ResNet-18/50 (224²) and Fashion-MNIST ResNet
 (``fused``/``split``/``halo`` Tucker-2, the 1x1 ``chain``), every autotuning candidate that survives pruning
 (and the heuristic config) is compiled once per distinct specialisation with Triton's own compiler
 and ``ptxas`` (:mod:`batude.kernels.aot`). It reports compile errors, shared memory against the
-per-block limit, registers and spills, and exits 1 if any kernel would not compile or launch.
+per-block limit, registers and spills, global loads/stores left unvectorised, and exits 1 if any kernel would not compile or launch.
 
     python benchmarks/kernels_aot.py --out benchmarks/results/kernels_aot            # all, ~5-10 min on 2 cores
     python benchmarks/kernels_aot.py --out /tmp/aot --models resnet20 --dtypes fp16  # a quick subset
@@ -129,17 +129,19 @@ def _summary(records: list[dict], arch: int) -> list[dict]:
                      "shared_limit": SHARED_LIMIT.get(arch),
                      "max_registers": max((r["registers"] or 0 for r in ok), default=None),
                      "spilling": sum(bool(r.get("spill_bytes")) for r in ok),
-                     "max_spill_bytes": max((r.get("spill_bytes") or 0 for r in ok), default=0)})
+                     "max_spill_bytes": max((r.get("spill_bytes") or 0 for r in ok), default=0),
+                     "scalar_global": sum(bool(r.get("scalar_global")) for r in ok)})
     return rows
 
 
 def _print_summary(rows: list[dict], arch: int) -> None:
-    print(f"\n| kernel | dtype | kernels compiled for sm_{arch} | failed | max shared (limit) | max registers | spilling |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n| kernel | dtype | kernels compiled for sm_{arch} | failed | max shared (limit) | max registers | spilling "
+          "| with scalar global loads/stores |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kernel']} | {r['dtype']} | {r['compiled']} | {r['failed']} | "
               f"{r['max_shared_bytes']} ({r['shared_limit']}) | {r['max_registers']} | "
-              f"{r['spilling']} (max {r['max_spill_bytes']} B) |")
+              f"{r['spilling']} (max {r['max_spill_bytes']} B) | {r['scalar_global']} |")
 
 
 if __name__ == "__main__":

@@ -154,7 +154,9 @@ def _tucker2_kernel(
               out_ptr, ws_ptr, cnt_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, SPLIT_K, PRECISION, 0, S)
 
 
-@triton.jit(do_not_specialize=_GEOMETRY + _FLAGS + ["SLOT"])
+# SLOT (a multiple of RK, itself of 16) stays specialised: Triton then knows each slot starts 16-element
+# aligned and moves the scratch in 128-bit vectors (unspecialised, one element per instruction)
+@triton.jit(do_not_specialize=_GEOMETRY + _FLAGS)
 def _tucker2_halo_kernel(
     x_ptr, uin_ptr, core_ptr, uout_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, scratch_ptr,
     M, H, W, OH, OW, C, RK, S, s_n, s_h, s_w, KH, KW,

@@ -55,6 +55,22 @@ def test_resnet18_tucker2_halo_compiles_for_h100(dtype):
     assert {"TILE_H", "TILE_W", "HALO_BLOCK", "BLOCK_M"} <= set(rec["config"]) and rec["rp"] == 64
 
 
+@pytest.mark.parametrize("mode, dtype", [("fused", "fp16"), ("split", "fp16"), ("chain", "fp16"), ("halo", "fp16"),
+                                         ("halo", "fp32")])
+def test_global_memory_is_moved_in_vectors_at_aligned_channel_counts(mode, dtype):
+    """With channel counts and padded ranks multiples of 16 every global load and store is a 64/128-bit
+    vector. The halo kernel's scratch traffic was one fp16 element per instruction (48 per thread and
+    tile) while its per-program slot size was an unspecialised integer, so its alignment was unknown."""
+    from batude.kernels.aot import Layer, compile_spec, layer_specs
+
+    k = 1 if mode == "chain" else 3
+    specs = layer_specs(Layer(c=128, s=128, hw=28, k=k, stride=1, r1=64, r2=40, batch=64), dtype, mode)
+    for kind in sorted({s.kind for s in specs}):
+        rec = compile_spec(_heuristic_spec(specs, kind))
+        assert rec["ok"], rec["error"]
+        assert rec["scalar_global"] == 0, (kind, rec["config"])
+
+
 def test_lowrank_chain_compiles_for_h100():
     from batude.kernels.aot import Layer, compile_spec, layer_specs
 
