@@ -211,6 +211,7 @@ _PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 # a global load or store of one element per thread (no .v2/.v4): where Triton could not prove that
 # consecutive channels are contiguous and aligned, e.g. a pointer offset by an unspecialised integer
 _SCALAR_GLOBAL = re.compile(r"\b(?:ld|st)\.global(?:\.[a-z]+)*\.[bsuf](?:8|16|32|64)\b")
+_TENSOR_CORE = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync)\.")
 
 
 def _ptxas_report(ptx: str, arch: int) -> dict:
@@ -234,7 +235,8 @@ def compile_spec(spec: Spec, arch: int = 90) -> dict:
     Returns a JSON-ready record: ``ok`` (compiled, and within the shared-memory and register limits),
     ``error`` (the last line of the compiler's message, or which limit was exceeded), ``shared_bytes``,
     ``registers`` (per thread), ``spill_bytes``, ``scalar_global`` (global loads and stores in the PTX
-    that move one element per thread instead of a 64/128-bit vector), ``seconds``, the config and the
+    that move one element per thread instead of a 64/128-bit vector), ``tensor_core`` (``mma.sync`` and
+    ``wgmma`` instructions: zero means every ``tl.dot`` became FMAs), ``seconds``, the config and the
     spec's origin.
     """
     import triton
@@ -254,7 +256,8 @@ def compile_spec(spec: Spec, arch: int = 90) -> dict:
                 "seconds": round(time.perf_counter() - t0, 2)}
     ptx = kernel.asm["ptx"]
     rec.update(shared_bytes=int(kernel.metadata.shared), seconds=round(time.perf_counter() - t0, 2),
-               scalar_global=len(_SCALAR_GLOBAL.findall(ptx)), **_ptxas_report(ptx, arch))
+               scalar_global=len(_SCALAR_GLOBAL.findall(ptx)), tensor_core=len(_TENSOR_CORE.findall(ptx)),
+               **_ptxas_report(ptx, arch))
     errors = []
     limit = SHARED_LIMIT.get(arch)
     if limit is not None and rec["shared_bytes"] > limit:

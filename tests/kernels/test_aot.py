@@ -57,7 +57,7 @@ def test_resnet18_tucker2_halo_compiles_for_h100(dtype):
 
 @pytest.mark.parametrize("mode, dtype", [("fused", "fp16"), ("split", "fp16"), ("chain", "fp16"), ("halo", "fp16"),
                                          ("halo", "fp32")])
-def test_global_memory_is_moved_in_vectors_at_aligned_channel_counts(mode, dtype):
+def test_global_memory_moves_in_vectors_and_dots_use_tensor_cores(mode, dtype):
     """With channel counts and padded ranks multiples of 16 every global load and store is a 64/128-bit
     vector. The halo kernel's scratch traffic was one fp16 element per instruction (48 per thread and
     tile) while its per-program slot size was an unspecialised integer, so its alignment was unknown."""
@@ -69,6 +69,8 @@ def test_global_memory_is_moved_in_vectors_at_aligned_channel_counts(mode, dtype
         rec = compile_spec(_heuristic_spec(specs, kind))
         assert rec["ok"], rec["error"]
         assert rec["scalar_global"] == 0, (kind, rec["config"])
+        # fp16 dots on tensor cores; fp32 is compiled with IEEE precision here (FMAs)
+        assert (rec["tensor_core"] > 0) == (dtype == "fp16"), (kind, rec["tensor_core"])
 
 
 def test_lowrank_chain_compiles_for_h100():
