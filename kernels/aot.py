@@ -208,9 +208,10 @@ def spec_key(spec: Spec, arch: int = 90) -> str:
 
 _PTXAS_REGS = re.compile(r"Used (\d+) registers")
 _PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
-# a global load or store of one element per thread (no .v2/.v4): where Triton could not prove that
-# consecutive channels are contiguous and aligned, e.g. a pointer offset by an unspecialised integer
-_SCALAR_GLOBAL = re.compile(r"\b(?:ld|st)\.global(?:\.[a-z]+)*\.[bsuf](?:8|16|32|64)\b")
+# a global load or store of one element per thread (any qualifiers such as .nc or .L1::evict_last, but
+# no .v2/.v4): where Triton could not prove that consecutive channels are contiguous and aligned, e.g.
+# a pointer offset by an unspecialised integer
+_SCALAR_GLOBAL = re.compile(r"\b(?:ld|st)\.global(?:\.(?!v\d)[\w:]+)*\.[bsuf](?:8|16|32|64)\b")
 _TENSOR_CORE = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync)\.")
 
 

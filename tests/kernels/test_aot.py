@@ -73,6 +73,20 @@ def test_global_memory_moves_in_vectors_and_dots_use_tensor_cores(mode, dtype):
         assert (rec["tensor_core"] > 0) == (dtype == "fp16"), (kind, rec["tensor_core"])
 
 
+def test_scalar_global_accesses_are_told_from_vectors_whatever_their_qualifiers():
+    from batude.kernels.aot import _SCALAR_GLOBAL
+
+    ptx = """@%p1 ld.global.b16 {%rs1}, [%rd1];
+    ld.global.nc.f32 %f1, [%rd2];
+    @%p2 st.global.L1::evict_last.b16 [%rd3], {%rs2};
+    ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd4];
+    @%p3 ld.global.L1::evict_last.v2.b32 {%r5, %r6}, [%rd5];
+    st.global.v4.b32 [%rd6], {%r7, %r8, %r9, %r10};
+    ld.shared.b16 %rs3, [%r11];
+    ld.param.b64 %rd7, [k_param_0];"""
+    assert _SCALAR_GLOBAL.findall(ptx) == ["ld.global.b16", "ld.global.nc.f32", "st.global.L1::evict_last.b16"]
+
+
 def test_lowrank_chain_compiles_for_h100():
     from batude.kernels.aot import Layer, compile_spec, layer_specs
 
