@@ -7,7 +7,7 @@ For the 3x3 and 1x1 conv shapes of ResNet-18/50 (224²) and Fashion-MNIST ResNet
 and ``ptxas`` (:mod:`batude.kernels.aot`). It reports compile errors, shared memory against the
 per-block limit, registers and spills, global loads/stores left unvectorised, and exits 1 if any kernel would not compile or launch.
 
-    python benchmarks/kernels_aot.py --out benchmarks/results/kernels_aot            # all, ~5-10 min on 2 cores
+    python benchmarks/kernels_aot.py --out benchmarks/results/kernels_aot            # all: 1636 kernels, 24-26 min on 2 cores (shared with a training run)
     python benchmarks/kernels_aot.py --out /tmp/aot --models resnet20 --dtypes fp16  # a quick subset
 
 What it cannot find: wrong results and slow code (the ``gpu`` tests and kernels_vs_cudnn.py on a GPU).
