@@ -46,3 +46,13 @@ __all__ = [
     "save",
     "select_ranks",
 ]
+
+
+def __getattr__(name: str):
+    """``batude.runtime`` / ``batude.export`` / ``batude.bench`` on first use, without importing them
+    (and their onnx/onnxruntime dependencies) at ``import batude``."""
+    if name in ("runtime", "export", "bench"):
+        import importlib
+
+        return importlib.import_module(f"batude.{name}")
+    raise AttributeError(f"module 'batude' has no attribute {name!r}")

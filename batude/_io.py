@@ -33,11 +33,22 @@ def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     if folder.exists():
         if not folder.is_dir():
             raise BatudeError(f"output folder {folder} is a file; give a folder with {option}")
+        _probe_writable(folder, folder, option)
         return folder
     ancestor = next((p for p in folder.absolute().parents if p.exists()), None)
     if ancestor is None or not ancestor.is_dir():
         raise BatudeError(f"cannot create output folder {folder}: {ancestor} is a file; choose another {option}")
+    _probe_writable(ancestor, folder, option)
     return folder
+
+
+def _probe_writable(where: Path, folder: Path, option: str) -> None:
+    """Create and remove an empty folder in ``where``: the only test that also catches read-only and
+    pseudo file systems (``os.access`` says yes to root on most of them)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".batude-probe-", dir=where))
+    except OSError as err:
+        raise BatudeError(f"cannot write output folder {folder}: {where}: {err.strerror}; choose another {option}") from None
 
 
 @contextlib.contextmanager

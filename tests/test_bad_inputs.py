@@ -42,6 +42,7 @@ needs_data = pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debia
 needs_onnx = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")),
                                 reason="needs batude[onnx]")
 SMALL_DATA = ["--subset", "64", "--batch-size", "32", "--device", "cpu"]
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="covers machines without a CUDA GPU")
 
 
 # ------------------------------------------------------------------------------------- the inputs
@@ -399,6 +400,14 @@ CASES = [
     Case("lut-unknown-device", lambda f: ["lut", "build", f.dense, "--device", "tpu", "--out", f.tmp / "l.json"],
          ("unknown device 'tpu'",)),
     Case("bench-zero-iterations", lambda f: ["bench", f.dense, "--iters", "0"], ("whole number >= 1",)),
+    Case("bench-cuda-without-a-gpu", lambda f: _bench(f, "--device", "cuda:1"),
+         ("nothing could be measured", "CUDA is not available", "--device cpu"), marks=(no_gpu,)),
+    Case("bench-out-unwritable", lambda f: _bench(f, "--out", "/proc/batude_lat"),
+         ("cannot write output folder /proc/batude_lat", "choose another --out")),
+    Case("lut-cuda-without-a-gpu", lambda f: ["lut", "build", f.dense, "--device", "cuda", "--out", f.tmp / "l.json"],
+         ("CUDA is not available", "--device cpu"), marks=(no_gpu,)),
+    Case("lut-fp16-on-the-cpu", lambda f: ["lut", "build", f.dense, "--dtype", "fp16", "--out", f.tmp / "l.json"],
+         ("fp16 on the CPU is not a meaningful latency target", "--dtype fp32")),
     # ------------------------------------------------------------------------ exported models (runtime)
     Case("runtime-onnx-that-is-not-onnx",
          lambda f: (lambda p=f.write("model.onnx", b"PK\x03\x04 nope"): batude.runtime.load(p)),

@@ -51,8 +51,11 @@ def test_plan_with_latency_budget_also_limit_and_oracle(capsys, tmp_path, synthe
     plan = RankPlan.load(out)
     assert plan.latency["predicted_ms"] <= plan.latency["dense_ms"] / 1.2 + 1e-12 and plan.macs_reduction >= 1.5
     assert "predicted latency (cuda float16 batch 64 eager)" in stdout and "oracle (exhaustive search" in stdout
-    share = plan.options["oracle"]["share"]
+    oracle = plan.options["oracle"]
+    share, gain = oracle["share"], oracle["share_of_gain"]
     assert 0 < share <= 1.0 + 1e-9 and f"{share:.1%}" in stdout
+    assert gain == pytest.approx((plan.latency["speedup"] - 1) / (oracle["speedup"] - 1)) and gain <= share + 1e-9
+    assert f"{gain:.1%} of its gain over dense" in stdout
     assert all(r % 16 == 0 or r == f for l in plan.layers if l.ranks  # fp16 table: ranks x16 by default
                for r, f in zip(l.ranks, (l.geometry.out_channels, l.geometry.in_channels)))
 

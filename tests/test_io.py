@@ -169,3 +169,11 @@ def test_plot_is_written_atomically(tmp_path, monkeypatch):
         plot_speedup(results, tmp_path / "speedup.png")
     assert (tmp_path / "speedup.png").read_bytes() == old
     assert os.listdir(tmp_path) == ["speedup.png"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a file system no one can create folders in)")
+def test_check_out_dir_refuses_a_place_it_cannot_write_before_any_work(tmp_path):
+    with pytest.raises(BatudeError, match="cannot write output folder /proc/batude_out: /proc"):
+        check_out_dir("/proc/batude_out")
+    check_out_dir(tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []  # the write probe leaves nothing behind

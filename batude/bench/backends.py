@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from batude._device import resolve_device
 from batude.bench.timing import Stats, time_callable
 from batude.errors import BatudeError
 
@@ -57,11 +58,22 @@ class Runner:
 
 
 def _device_for(backend: Backend, device: str | None) -> torch.device:
-    if backend in (Backend.CUDA_GRAPH, Backend.COMPILE_GRAPH, Backend.TRT, Backend.TRITON) or device == "cuda":
-        if not torch.cuda.is_available():
-            raise BackendUnavailable(f"{backend.value} needs a CUDA GPU; none is available here")
-        return torch.device("cuda")
-    return torch.device(device or "cpu")
+    """The device ``backend`` runs on: ``device`` (``cuda:N`` kept), CUDA for the GPU-only backends.
+
+    A CUDA device becomes the current one (streams, graphs and timing events use the current device).
+    """
+    gpu_only = backend in (Backend.CUDA_GRAPH, Backend.COMPILE_GRAPH, Backend.TRT, Backend.TRITON)
+    if gpu_only and not torch.cuda.is_available():
+        raise BackendUnavailable(f"{backend.value} needs a CUDA GPU; none is available here")
+    if gpu_only and not str(device or "").startswith("cuda"):
+        device = "cuda"
+    try:
+        dev = resolve_device(device)
+    except BatudeError as err:
+        raise BackendUnavailable(str(err)) from None
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
 
 
 def torch_runner(model: nn.Module, x: torch.Tensor, backend: Backend) -> Callable[[], object]:
@@ -156,19 +168,26 @@ def _exported_runner(model: nn.Module, backend: Backend, input_shape: tuple[int,
 
 def measure(model: nn.Module, backends: Sequence[Backend | str], input_shape: Sequence[int], batches: Sequence[int],
             dtype: torch.dtype = torch.float32, iters: int = 50, warmup: int = 10, device: str | None = None,
-            label: str = "") -> list[dict]:
-    """Time ``model`` on every (backend, batch); unavailable backends are reported with the reason."""
+            label: str = "", progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
+    """Time ``model`` on every (backend, batch); unavailable backends are reported with the reason.
+
+    ``progress(i, n, what)`` is called before each of the ``n`` cells and once with ``i == n``.
+    """
     results = []
-    for backend in map(Backend, backends):
-        for batch in batches:
-            entry = {"model": label, "backend": backend.value, "batch": int(batch), "dtype": str(dtype).replace("torch.", "")}
-            try:
-                runner = make_runner(model, backend, input_shape, int(batch), dtype, device)
-                stats: Stats = time_callable(runner.run, iters=iters, warmup=warmup, device=runner.device,
-                                             batch=int(batch), label=f"{label} {backend.value} b{batch}")
-                entry.update(available=True, device=str(runner.device), **stats.to_dict())
-            except BackendUnavailable as err:
-                entry.update(available=False, reason=str(err))
-                log.info("%s unavailable: %s", backend.value, err)
-            results.append(entry)
+    cells = [(backend, batch) for backend in map(Backend, backends) for batch in batches]
+    for i, (backend, batch) in enumerate(cells):
+        if progress is not None:
+            progress(i, len(cells), f"{label} {backend.value} b{batch}".strip())
+        entry = {"model": label, "backend": backend.value, "batch": int(batch), "dtype": str(dtype).replace("torch.", "")}
+        try:
+            runner = make_runner(model, backend, input_shape, int(batch), dtype, device)
+            stats: Stats = time_callable(runner.run, iters=iters, warmup=warmup, device=runner.device,
+                                         batch=int(batch), label=f"{label} {backend.value} b{batch}")
+            entry.update(available=True, device=str(runner.device), **stats.to_dict())
+        except BackendUnavailable as err:
+            entry.update(available=False, reason=str(err))
+            log.info("%s unavailable: %s", backend.value, err)
+        results.append(entry)
+    if progress is not None:
+        progress(len(cells), len(cells), "done")
     return results

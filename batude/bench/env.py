@@ -41,13 +41,25 @@ def _version_of(module: str) -> str | None:
 
 
 def _cpu_model() -> str:
+    """The CPU's model name, with family/model and widest vector unit where /proc/cpuinfo has them:
+    virtual machines often report only "AMD EPYC", and an AVX-512 and an AVX2-only EPYC time
+    the same model up to 2-3x apart (BENCHMARKS.md, 2026-11-27)."""
+    fields: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    flags = set(fields.get("flags", "").split())
+    isa = next((f for f in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if f in flags), None)
+    detail = [f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields and "model" in fields else None,
+              isa and isa.replace("avx512f", "avx512")]
+    detail = [d for d in detail if d]
+    return f"{name} ({', '.join(detail)})" if detail else name
 
 
 def _driver() -> str | None:

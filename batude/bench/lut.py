@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from batude._device import resolve_device
 from batude._io import write_text_atomic
 from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
@@ -136,8 +137,13 @@ class LatencyTable:
         if points < 2 or multiple_of < 1:
             raise BatudeError(f"a rank grid needs points >= 2 and multiple_of >= 1 (got {points}, {multiple_of}); "
                               "pass e.g. --points 4 --multiple-of 8")
-        dev = torch.device(device)
-        model = model.eval().to(dev, dtype)
+        dev = resolve_device(device)
+        if dtype == torch.float16 and dev.type == "cpu":
+            raise BatudeError("fp16 on the CPU is not a meaningful latency target (as for `batude bench`); "
+                              "build the table with --dtype fp32 or on a GPU")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # timing events and CUDA graphs use the current device
+        model = copy.deepcopy(model).eval().to(dev, dtype)  # the caller's model keeps its device and dtype
         quiet = logging.getLogger("batude.bench.timing")  # hundreds of tiny timings: no per-cell CV warnings
         level, quiet.level = quiet.level, logging.ERROR
         try:

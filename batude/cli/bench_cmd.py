@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -13,8 +14,9 @@ from batude.bench.backends import Backend, measure
 from batude.bench.env import environment
 from batude.bench.lut import table_key
 from batude.bench.report import add_speedups, latency_table, plot_speedup
-from batude.cli._common import add_model_args, device_arg, load_from_args, non_negative_int, positive_int
+from batude.cli._common import ProgressBar, add_model_args, device_arg, load_from_args, non_negative_int, positive_int
 from batude.cli.model_cmds import apply_with_progress, plan_for
+from batude.errors import BatudeError
 from batude.export.lower import apply_variants
 from batude.nn import densify, flop_counter_macs
 
@@ -37,18 +39,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     models = {"compressed" if plan is not None else "model": ckpt.model}
     if args.compare_dense and plan is not None:
         models = {"dense": dense if dense is not None else densify(ckpt.model), **models}
+    elif args.compare_dense:
+        print("bench: the model has no plan (it is dense), so there is no dense model to compare with; "
+              "give --plan PLAN or a compressed checkpoint", file=sys.stderr)
     if plan is not None and plan.variants:  # run each layer as the variant its latency table chose
         # a kernel table timed its non-kernel layers on cuDNN: keep them there under --backend triton too
         kernel_table = (plan.latency or {}).get("table", {}).get("backend") == "triton"
         models["compressed"] = apply_variants(models["compressed"], plan.variants, plain=kernel_table)
     macs = {name: flop_counter_macs(m, (1, *per_image)) for name, m in models.items()}
     results = []
+    bar = ProgressBar()
     for name, model in models.items():
-        rows = measure(model, args.backend, per_image, args.batch, dtype, args.iters, args.warmup, args.device, label=name)
+        rows = measure(model, args.backend, per_image, args.batch, dtype, args.iters, args.warmup, args.device, label=name,
+                       progress=lambda i, n, what: bar("measuring", i, n, note=what))
         for r in rows:
             r["macs"] = macs[name]
             r["flops_reduction"] = macs.get("dense", macs[name]) / macs[name] if "dense" in macs else None
         results += rows
+    if not any(r["available"] for r in results):
+        reasons = "; ".join(dict.fromkeys(f"{r['backend']}: {r['reason']}" for r in results))
+        raise BatudeError(f"nothing could be measured here ({reasons})")
     add_speedups(results)
     print(latency_table(results))
     if plan is not None and plan.latency:

@@ -16,7 +16,7 @@ from batude.nn.profile import LayerProfile, ModelProfile, profile_model
 from batude.rank.filter import LayerFilter
 from batude.bench.lut import LatencyTable
 from batude.rank.budget import Metric
-from batude.rank.latency import fastest_plan
+from batude.rank.latency import fastest_plan, oracle_share
 from batude.rank.plan import RankPlan, apply_plan_
 from batude.rank.problem import RankProblem, SelectorConfig
 from batude.rank.selectors import Method, select_ranks
@@ -149,11 +149,14 @@ def _oracle_check(model, plan: RankPlan, args: argparse.Namespace, shape, table:
     # the same eligible layers as the plan; ranks on the table's grid whatever --multiple-of says
     problem = RankProblem.from_model(model, shape, limits[0].metric, replace(selector_config(args), multiple_of=1, min_rank=1), table)
     oracle = fastest_plan(problem, problem.limit_of(limits[0]))
-    share = plan.latency["speedup"] / oracle.latency["speedup"]
+    share, gain = oracle_share(plan.latency["speedup"], oracle.latency["speedup"])
+    gained = "" if gain is None else (f", {gain:.1%} of its gain over dense "
+                                      f"({plan.latency['speedup'] - 1:+.1%} vs {oracle.latency['speedup'] - 1:+.1%})")
     print(f"oracle (exhaustive search over the table's grid at {limits[0]}, accuracy ignored): "
-          f"{oracle.latency['predicted_ms']:.4g} ms ({oracle.latency['speedup']:.3f}x faster); "
-          f"this plan reaches {share:.1%} of its speed-up")
+          f"{oracle.latency['predicted_ms']:.4g} ms ({oracle.latency['speedup']:.3f}x dense's speed); "
+          f"this plan reaches {share:.1%} of its speed-up{gained}")
     record = {"predicted_ms": oracle.latency["predicted_ms"], "speedup": oracle.latency["speedup"], "share": share,
+              "share_of_gain": gain,
               "limit": str(limits[0]), "ranks": {l.name: l.ranks and list(l.ranks) for l in oracle.layers}}
     return replace(plan, options={**plan.options, "oracle": record})
 

@@ -22,6 +22,7 @@ from batude.errors import BatudeError
 from batude.export.lower import lower
 from batude.export.onnx_export import DEFAULT_OPSET, onnx_from_module
 from batude.export.triton import TensorSpec, write_triton_model
+from batude.nn.decompose import densify
 from batude.nn.profile import flop_counter_macs
 from batude.rank.plan import RankPlan
 
@@ -58,6 +59,15 @@ class ExportOptions:
         return self.dynamic is not None or len(self.batches) > 1
 
 
+def _plan_report(plan: RankPlan, model: nn.Module, shape1: tuple[int, ...], lowered_macs: int) -> dict:
+    """The plan's summary, its MACs reduction counted at the export's input shape (the plan's
+    ``dense_macs`` was counted at the shape it was planned for, which may differ)."""
+    same = tuple(plan.input_shape[1:]) == tuple(shape1[1:])
+    dense_macs = plan.dense_macs if same else flop_counter_macs(densify(model).eval(), shape1)
+    return {"method": plan.method, "budget": None if plan.budget is None else str(plan.budget), "dense_macs": dense_macs,
+            "macs_reduction": dense_macs / lowered_macs, "ranks": {l.name: (list(l.ranks) if l.ranks else None) for l in plan.layers}}
+
+
 def export_model(model: nn.Module, out: str | Path, options: ExportOptions, plan: RankPlan | None = None,
                  emit: Callable[[str], None] = lambda line: None) -> dict:
     """Export ``model`` into folder ``out``; returns the report (also written as ``report.json``)."""
@@ -81,9 +91,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions, plan
         "onnx": onnx_report.to_dict(), "export_seconds": round(time.perf_counter() - t0, 2),
         "counted": "conv+linear MACs per image (FLOPs = 2 * MACs), FlopCounterMode",
         "macs_before_lowering": dense_macs, "macs_exported": lowered_macs,
-        "plan": None if plan is None else {"method": plan.method, "budget": None if plan.budget is None else str(plan.budget),
-                                           "dense_macs": plan.dense_macs, "macs_reduction": plan.dense_macs / lowered_macs,
-                                           "ranks": {l.name: (list(l.ranks) if l.ranks else None) for l in plan.layers}},
+        "plan": None if plan is None else _plan_report(plan, model, shape1, lowered_macs),
         "variants": {k: v.value for k, v in variants.items()}, "engines": [], "triton": None,
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")

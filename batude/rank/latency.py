@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from batude.rank.plan import LayerPlan, RankPlan
     from batude.rank.problem import Limit, RankProblem
 
-__all__ = ["LatencyModel", "default_multiple", "fastest_plan", "grid_points", "predict_layers"]
+__all__ = ["LatencyModel", "default_multiple", "fastest_plan", "grid_points", "oracle_share", "predict_layers"]
 
 Ranks = tuple[int, ...]
 
@@ -76,6 +76,17 @@ def predict_layers(latency: LatencyModel, layers: Sequence[LayerPlan]) -> tuple[
             variants[layer.name], ms = latency.factorised_ms(layer.name, layer.ranks)
             total += ms
     return total, variants
+
+
+def oracle_share(speedup: float, oracle_speedup: float) -> tuple[float, float | None]:
+    """How close a plan comes to the oracle, two ways: ``speedup / oracle_speedup`` (the ratio of
+    speed-ups over dense, the latency-aware issue's reading), and the share of the oracle's *gain*
+    ``(speedup - 1) / (oracle_speedup - 1)`` (None when the oracle is not faster than dense). Near
+    1x the first flatters: a plan no faster than dense against a 1.11x oracle is 90% by the ratio, 0%
+    of the gain.
+    """
+    gain = (speedup - 1.0) / (oracle_speedup - 1.0) if oracle_speedup > 1.0 else None
+    return speedup / oracle_speedup, gain
 
 
 def default_multiple(latency: LatencyModel | None) -> int:

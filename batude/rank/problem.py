@@ -266,7 +266,7 @@ class RankProblem:
             if least > limit.value:
                 raise BatudeError(
                     f"--also {extra} is infeasible: it allows {limit.value:.4g} {limit.metric.unit}, but the plan at "
-                    f"minimum ranks costs {least:.4g}; loosen it or the budget {budget}")
+                    f"minimum ranks costs {least:.4g} {limit.metric.unit}; loosen it or the budget {budget}")
             out.append(limit)
         return out
 
@@ -280,7 +280,7 @@ class RankProblem:
         if least > limit:
             raise BatudeError(
                 f"budget {budget} is infeasible: it allows {limit:.4g} {self.metric.unit}, but even minimum ranks "
-                f"cost {least:.4g} ({self.fixed:.4g} of it in layers left dense); loosen the budget, "
+                f"cost {least:.4g} {self.metric.unit} ({self.fixed:.4g} {self.metric.unit} of it in layers left dense); loosen the budget, "
                 "lower --min-rank/--multiple-of, or make more layers eligible"
             )
         return limit

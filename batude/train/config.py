@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from batude._device import resolve_device
 from batude.errors import BatudeError
 from batude.rank.bcadl import BCADLConfig
 from batude.rank.filter import LayerFilter
@@ -66,12 +67,7 @@ class TrainConfig:
                 raise BatudeError(f"unknown device '{self.device}'; use cpu, cuda or cuda:N") from None
 
     def resolved_device(self) -> torch.device:
-        if self.device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise BatudeError(f"device {self.device} requested but CUDA is not available; use --device cpu")
-        return device
+        return resolve_device(self.device, default="auto")
 
     def use_amp(self, device: torch.device) -> bool:
         return device.type == "cuda" if self.amp is None else bool(self.amp) and device.type == "cuda"

@@ -32,8 +32,17 @@ def test_grid_is_aligned_and_ends_at_full_rank():
 @pytest.fixture(scope="module")
 def table():
     torch.manual_seed(0)
-    model = resnet20(in_channels=1).eval()
-    return model, LatencyTable.build(model, (1, 28, 28), batch=4, iters=3, warmup=1, points=3)
+    model = resnet20(in_channels=1).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lut = LatencyTable.build(model, (1, 28, 28), batch=4, iters=3, warmup=1, points=3)
+    # the caller's model is timed on a copy: same mode, dtype and weights afterwards
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    return model.eval(), lut
+
+
+def test_fp16_tables_are_refused_on_the_cpu():
+    with pytest.raises(BatudeError, match="fp16 on the CPU is not a meaningful latency target"):
+        LatencyTable.build(resnet20(in_channels=1), (1, 28, 28), dtype=torch.float16)
 
 
 def test_build_covers_every_eligible_layer_and_round_trips(table, tmp_path):

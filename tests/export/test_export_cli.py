@@ -59,6 +59,14 @@ def test_plan_applied_on_the_spot(tmp_path, capsys):
     assert export_main(["batude:resnet20", "--plan", str(tmp_path / "p.json"), "--out", str(out), "--legacy-exporter"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["onnx"]["exporter"] == "torchscript" and report["plan"]["method"] == "uniform"
+    assert report["plan"]["dense_macs"] == plan.dense_macs and report["plan"]["macs_reduction"] >= 2.0
+    # exported at another input size than the plan's: the reduction is still counted at one shape
+    big = tmp_path / "big"
+    assert export_main(["batude:resnet20", "--plan", str(tmp_path / "p.json"), "--out", str(big), "--legacy-exporter",
+                        "--input-shape", "3,64,64"]) == 0
+    report = json.loads((big / "report.json").read_text())
+    assert report["plan"]["dense_macs"] > 3.5 * plan.dense_macs
+    assert report["plan"]["macs_reduction"] == pytest.approx(plan.macs_reduction, rel=0.05)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed: this covers machines without it")

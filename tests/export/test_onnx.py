@@ -81,3 +81,28 @@ def test_failed_export_leaves_no_file(tmp_path):
     with pytest.raises(BatudeError, match="ONNX export"):
         onnx_from_module(Bad(), (1, 4, 4), tmp_path / "bad.onnx", dynamo=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_spread_is_measured_across_samples_even_at_a_static_batch_of_one(tmp_path, caplog):
+    torch.manual_seed(0)
+    gm, _ = lower(_compressed(resnet20(in_channels=1), "2x", (1, 1, 28, 28)), (1, 1, 28, 28))
+    with caplog.at_level("WARNING", logger="batude.export.onnx_export"):
+        report = onnx_from_module(gm, (1, 1, 28, 28), tmp_path / "b1.onnx", dynamo=False)
+    assert report.checked_batches == [1] and report.output_spread > 1e-3
+    assert "barely depends on its input" not in caplog.text
+
+
+def test_an_output_that_ignores_the_input_is_warned_about(tmp_path, caplog):
+    class Constant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            nn.init.zeros_(self.conv.weight)
+            nn.init.ones_(self.conv.bias)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+    with caplog.at_level("WARNING", logger="batude.export.onnx_export"):
+        report = onnx_from_module(Constant(), (2, 1, 8, 8), tmp_path / "c.onnx", dynamo=False)
+    assert report.output_spread < 1e-6 and "barely depends on its input" in caplog.text

@@ -20,7 +20,7 @@ from batude.rank import select_ranks
 from batude.rank.bcadl import BCADL, BCADLConfig
 from batude.rank.budget import Budget, BudgetKind, Metric
 from batude.rank.filter import LayerFilter
-from batude.rank.latency import fastest_plan, grid_points
+from batude.rank.latency import fastest_plan, grid_points, oracle_share
 from batude.rank.plan import RankPlan
 from batude.rank.problem import RankProblem, SelectorConfig
 
@@ -280,3 +280,10 @@ def test_a_flops_limit_factorises_layers_whose_chains_are_slower():
     plan = select_ranks(model, loose, "uniform", (1, 1, 28, 28), latency=lut, also=["1.5x"])  # 16-ch layers: x16 is full rank
     assert plan.macs_reduction >= 1.5 and plan.latency["predicted_ms"] <= 2 * lut.model_ms
     assert any(plan.layer(n).ranks is not None for n in slower if n in {l.name for l in plan.layers})
+
+
+def test_oracle_share_reads_both_the_speedup_ratio_and_the_gain():
+    assert oracle_share(1.0, 1.11) == (pytest.approx(1 / 1.11), pytest.approx(0.0))  # no faster than dense: no gain
+    ratio, gain = oracle_share(1.12, 1.11)
+    assert ratio > 1 and gain == pytest.approx(0.12 / 0.11)  # measured above the oracle's plan: over 100% both ways
+    assert oracle_share(0.9, 0.97)[1] is None  # an oracle slower than dense has no gain to share
