@@ -56,7 +56,7 @@ from batude.export.lower import apply_variants
 from batude.rank import apply_plan_, select_ranks
 from batude.rank.bcadl import BCADL, BCADLConfig
 from batude.rank.budget import Budget, Metric
-from batude.rank.latency import fastest_plan
+from batude.rank.latency import fastest_plan, oracle_share
 from batude.rank.problem import RankProblem, SelectorConfig
 
 
@@ -81,8 +81,13 @@ def _args(argv=None):
                         "by default the table times the heuristic tile config and the final models are autotuned")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--out", required=True)
-    return p.parse_args(argv)
+    p.add_argument("--out", help="output folder (required unless --table-from)")
+    p.add_argument("--table-from", metavar="JSON",
+                   help="print the table of a saved latency_aware.json (shares recomputed) and measure nothing")
+    args = p.parse_args(argv)
+    if not args.out and not args.table_from:
+        p.error("--out is required (or --table-from JSON)")
+    return args
 
 
 def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int):
@@ -214,7 +219,7 @@ def _speedups(rows: list[dict]) -> None:
             r["speedup"] = base["median_ms"] / r["median_ms"]
         if "oracle" in mine:
             for r in mine.values():
-                r["share_of_oracle"] = r["speedup"] / mine["oracle"]["speedup"]
+                r["share_of_oracle"], r["share_of_oracle_gain"] = oracle_share(r["speedup"], mine["oracle"]["speedup"])
 
 
 def _x(value: float | None) -> str:
@@ -231,17 +236,19 @@ def _pct(value: float | None) -> str:
 
 def table(batches: list[dict]) -> str:
     lines = ["| batch | backend | plan | FLOPs cut | predicted speed-up | predicted ms | measured ms | table error "
-             "| measured speed-up | share of oracle | vs best dense |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| measured speed-up | share of oracle | share of oracle's gain | vs best dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in batches:
         for r in b["rows"]:
             if not r.get("available"):
-                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | | unavailable: {r['reason']} | | | | |")
+                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | | unavailable: {r['reason']} | | | | | |")
                 continue
             error = r.get("prediction_error")
             lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | {r['macs_reduction']:.2f}x | "
                          f"{_x(r['predicted_speedup'])} | {_ms(r['predicted_ms'])} | {r['median_ms']:.3f} | "
                          f"{'-' if error is None else f'{error:+.1%}'} | {_x(r.get('speedup'))} | "
-                         f"{_pct(r.get('share_of_oracle'))} | {_x(r.get('speedup_vs_best_dense'))} |")
+                         f"{_pct(r.get('share_of_oracle'))} | {_pct(r.get('share_of_oracle_gain'))} | "
+                         f"{_x(r.get('speedup_vs_best_dense'))} |")
     return "\n".join(lines)
 
 
@@ -249,6 +256,12 @@ def main(argv=None) -> int:
     import torchvision
 
     args = _args(argv)
+    if args.table_from:
+        saved = json.loads(Path(args.table_from).read_text())
+        for b in saved["batches"]:
+            _speedups(b["rows"])
+        print(table(saved["batches"]))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32

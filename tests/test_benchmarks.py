@@ -118,6 +118,15 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
         bench.main([*argv, "--input", "3,16,16", "--out", str(tmp_path / "other")])
 
 
+def test_latency_aware_table_from_a_saved_report_measures_nothing(capsys):
+    bench = _script("latency_aware")
+    saved = Path(__file__).resolve().parents[1] / "benchmarks/results/h100_latency_aware/latency_aware.json"
+    assert bench.main(["--table-from", str(saved)]) == 0
+    out = capsys.readouterr().out
+    # the committed H100 run: batude-latency 1.12x against a 1.11x oracle in CUDA graphs at batch 64
+    assert "| 64 | cuda-graph | batude-latency | 2.52x |" in out and "| 101% | 114% |" in out
+
+
 def test_latency_aware_triton_rows_are_compared_with_graphed_cudnn_dense():
     """The triton backend measures no dense model of its own: its baseline is dense cuDNN in a CUDA graph."""
     bench = _script("latency_aware")
@@ -127,6 +136,7 @@ def test_latency_aware_triton_rows_are_compared_with_graphed_cudnn_dense():
     bench._speedups(rows)
     assert rows[3]["speedup"] == 2.0 and rows[4]["speedup"] == 2.5  # over the cuda-graph dense
     assert rows[3]["share_of_oracle"] == pytest.approx(0.8)  # within the triton backend
+    assert rows[3]["share_of_oracle_gain"] == pytest.approx(1.0 / 1.5)  # 2x of a 2.5x oracle: 1.0 of its 1.5 gain
     assert rows[3]["speedup_vs_best_dense"] == 1.0  # the compiled dense is the best dense
     assert "| 1 | triton | batude |" in bench.table([{"batch": 1, "rows": [{**rows[3], "macs_reduction": 2.5,
                                                                            "predicted_speedup": None, "predicted_ms": None}]}])

@@ -81,11 +81,11 @@ def predict_layers(latency: LatencyModel, layers: Sequence[LayerPlan]) -> tuple[
 def oracle_share(speedup: float, oracle_speedup: float) -> tuple[float, float | None]:
     """How close a plan comes to the oracle, two ways: ``speedup / oracle_speedup`` (the ratio of
     speed-ups over dense, the latency-aware issue's reading), and the share of the oracle's *gain*
-    ``(speedup - 1) / (oracle_speedup - 1)`` (None when the oracle is not faster than dense). Near
-    1x the first flatters: a plan no faster than dense against a 1.11x oracle is 90% by the ratio, 0%
-    of the gain.
+    ``(speedup - 1) / (oracle_speedup - 1)`` (None unless the oracle is at least 1% faster than
+    dense: a smaller gain makes the share noise). Near 1x the first flatters: a plan no faster than
+    dense against a 1.11x oracle is 90% by the ratio, 0% of the gain.
     """
-    gain = (speedup - 1.0) / (oracle_speedup - 1.0) if oracle_speedup > 1.0 else None
+    gain = (speedup - 1.0) / (oracle_speedup - 1.0) if oracle_speedup >= 1.01 else None
     return speedup / oracle_speedup, gain
 
 

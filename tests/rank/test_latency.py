@@ -287,3 +287,4 @@ def test_oracle_share_reads_both_the_speedup_ratio_and_the_gain():
     ratio, gain = oracle_share(1.12, 1.11)
     assert ratio > 1 and gain == pytest.approx(0.12 / 0.11)  # measured above the oracle's plan: over 100% both ways
     assert oracle_share(0.9, 0.97)[1] is None  # an oracle slower than dense has no gain to share
+    assert oracle_share(0.98, 1.002)[1] is None  # nor one within 1% of dense: the share would be noise
