@@ -254,9 +254,14 @@ def load_model(spec: str, arch: str | None = None, trust_pickle: bool = False) -
     """A model from a CLI-style spec: a checkpoint path, or an architecture reference.
 
     ``torchvision:resnet50`` / ``batude:resnet20`` / ``package.module:function`` build fresh
-    (randomly initialised) models; anything that names an existing file is loaded as a checkpoint.
+    randomly initialised models, from a fixed seed (0, without touching the caller's random state)
+    so that every command builds the same weights: ``batude plan`` and a later ``batude apply`` of
+    the same reference see one model. Anything that names an existing file is loaded as a checkpoint.
     """
     if Path(spec).exists() or ":" not in spec:
         return load_checkpoint(spec, arch=arch, trust_pickle=trust_pickle)
     ref = ArchRef(spec)
-    return Checkpoint(ref.build(trusted=True).eval(), arch=ref)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ref.build(trusted=True).eval()
+    return Checkpoint(model, arch=ref)

@@ -400,6 +400,7 @@ CASES = [
     Case("lut-unknown-device", lambda f: ["lut", "build", f.dense, "--device", "tpu", "--out", f.tmp / "l.json"],
          ("unknown device 'tpu'",)),
     Case("bench-zero-iterations", lambda f: ["bench", f.dense, "--iters", "0"], ("whole number >= 1",)),
+    Case("apply-negative-hooi-iterations", lambda f: [*_apply(f, f.plan), "--hooi-iters", "-3"], ("whole number >= 0",)),
     Case("bench-cuda-without-a-gpu", lambda f: _bench(f, "--device", "cuda:1"),
          ("nothing could be measured", "CUDA is not available", "--device cpu"), marks=(no_gpu,)),
     Case("bench-out-unwritable", lambda f: _bench(f, "--out", "/proc/batude_lat"),

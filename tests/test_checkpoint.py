@@ -472,6 +472,14 @@ def test_load_model_builds_a_torchvision_architecture():
     assert ckpt.input_shape == (1, 3, 224, 224)
 
 
+def test_load_model_builds_the_same_weights_every_time_and_leaves_the_random_state_alone():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, b = load_model("batude:resnet20").model, load_model("batude:resnet20").model
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.equal(torch.get_rng_state(), state)  # plan, then apply: one model, and the caller's seed untouched
+
+
 @pytest.mark.parametrize("spec, match", [
     ("torchvision:nope", "unknown torchvision classifier 'nope'"),
     ("batude:resnet99", "unknown batude model 'resnet99'"),

@@ -24,7 +24,7 @@ def environment() -> dict:
         "onnxruntime": _version_of("onnxruntime"), "tensorrt": _version_of("tensorrt"),
     }
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())  # the one a runner made current
         env.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}", driver=_driver())
     return env
 

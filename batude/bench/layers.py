@@ -13,7 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from batude.bench.timing import time_callable
+from batude._device import resolve_device
+from batude.bench.timing import noise_summarised, time_callable
 from batude.export.lower import Variant, variant_macs, variant_module
 from batude.nn.profile import profile_model
 from batude.nn.tucker_conv import TuckerConv2d
@@ -42,11 +43,16 @@ def layer_input_shapes(model: nn.Module, input_shape: Sequence[int], names: Sequ
 def profile_layers(model: nn.Module, input_shape: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,
                    device: str = "cpu", iters: int = 30, warmup: int = 5) -> list[dict]:
     """Rows ``{layer, variant, macs, median_ms, speedup_vs_dense, ...}`` for every Tucker layer (eager)."""
-    dev = torch.device(device)
+    dev = resolve_device(device)
     geometry = {l.name: l.geometry for l in profile_model(model, input_shape).layers}
-    rows = []
     tucker = [name for name, m in model.named_modules() if isinstance(m, TuckerConv2d)]
-    for name, shape in layer_input_shapes(model, input_shape, tucker).items():
+    with noise_summarised("per-layer profile"):
+        return _profile(model, layer_input_shapes(model, input_shape, tucker), geometry, batch, dtype, dev, iters, warmup)
+
+
+def _profile(model, shapes, geometry, batch, dtype, dev, iters, warmup) -> list[dict]:
+    rows = []
+    for name, shape in shapes.items():
         layer = model.get_submodule(name)
         g = geometry[name]
         x = torch.randn((batch, *shape), device=dev, dtype=dtype)

@@ -37,7 +37,7 @@ from batude._io import write_text_atomic
 from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
 from batude.bench.layers import layer_input_shapes
-from batude.bench.timing import time_callable
+from batude.bench.timing import noise_summarised, time_callable
 from batude.errors import BatudeError
 from batude.export.lower import Variant, apply_variants, lower, variant_module
 from batude.functional.cost import LayerKind, max_ranks
@@ -144,12 +144,8 @@ class LatencyTable:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)  # timing events and CUDA graphs use the current device
         model = copy.deepcopy(model).eval().to(dev, dtype)  # the caller's model keeps its device and dtype
-        quiet = logging.getLogger("batude.bench.timing")  # hundreds of tiny timings: no per-cell CV warnings
-        level, quiet.level = quiet.level, logging.ERROR
-        try:
+        with noise_summarised("latency table"):  # hundreds of tiny timings: one warning, not one per cell
             return cls._build(model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend, progress)
-        finally:
-            quiet.setLevel(level)
 
     @classmethod
     def _build(cls, model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend, progress) -> "LatencyTable":

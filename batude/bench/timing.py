@@ -9,6 +9,7 @@ logs a warning when the CV is high (a noisy machine: rerun, or use more iteratio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ import torch
 
 from batude.errors import BatudeError
 
-__all__ = ["Stats", "summarize", "time_callable", "HIGH_CV"]
+__all__ = ["Stats", "summarize", "time_callable", "noise_summarised", "HIGH_CV"]
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +106,28 @@ def _cuda_sample(fn: Callable[[], object]) -> float:
     end.record()
     end.synchronize()
     return float(begin.elapsed_time(end))
+
+
+class _Count(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.noisy = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.noisy += 1
+        return False
+
+
+@contextlib.contextmanager
+def noise_summarised(what: str):
+    """Within the block, hold back the per-call high-CV warnings of :func:`time_callable` (hundreds of
+    tiny timings in a table or a per-layer profile) and warn once at the end with how many were noisy."""
+    count = _Count()
+    log.addFilter(count)
+    try:
+        yield
+    finally:
+        log.removeFilter(count)
+        if count.noisy:
+            log.warning("%s: %d timing(s) had a coefficient of variation above %.0f%%; the machine may be busy, "
+                        "rerun or time more iterations", what, count.noisy, 100 * HIGH_CV)

@@ -40,7 +40,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     lut.check(args.device, getattr(torch, str(lut.key["dtype"]), torch.float32), lut.key["batch"], lut.key.get("backend", "eager"))
     ckpt, _ = load_from_args(args)
     result = lut.validate(ckpt.model, plan_for(ckpt, args.model, args.plan), iters=args.iters)
-    print(json.dumps(result))
+    if args.json:
+        print(json.dumps(result))
+        return 0
     print(f"predicted {result['predicted_ms']:.3f} ms, measured {result['measured_ms']:.3f} ms: error {100 * result['error']:.1f}%")
     return 0
 
@@ -85,14 +87,15 @@ def register(sub) -> None:
     b.add_argument("--out", required=True, help="JSON table to write")
     b.set_defaults(func=_cmd_build)
     v = verbs.add_parser("validate", help="predicted vs measured latency of MODEL compressed by --plan")
-    v.add_argument("lut", metavar="LUT")
-    add_model_args(v)
-    v.add_argument("--plan", required=True)
-    v.add_argument("--device", type=device_arg, default="cpu")
-    v.add_argument("--iters", type=positive_int, default=20)
+    v.add_argument("lut", metavar="LUT", help="a table from `batude lut build` (its input shape, batch, dtype and backend are used)")
+    add_model_args(v, input_option=False)
+    v.add_argument("--plan", required=True, help="a plan JSON for MODEL (`batude plan`)")
+    v.add_argument("--device", type=device_arg, default="cpu", help="must be the table's device (default cpu)")
+    v.add_argument("--iters", type=positive_int, default=20, help="timed calls (default 20)")
+    v.add_argument("--json", action="store_true", help="print the result as one JSON object instead of a sentence")
     v.set_defaults(func=_cmd_validate)
     s = verbs.add_parser("show", help="where a table's dense time goes; with --plan, its prediction and FLOPs-proportional bound (no device)")
-    s.add_argument("lut", metavar="LUT")
+    s.add_argument("lut", metavar="LUT", help="a table from `batude lut build`")
     s.add_argument("--plan", default=None, help="a plan JSON for the same model (`batude plan`)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_cmd_show)

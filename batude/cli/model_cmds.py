@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 from batude._format import si
 from batude._io import check_parent, write_text_atomic
 from batude.checkpoint import Checkpoint, save
 from batude.errors import BatudeError
-from batude.cli._common import ProgressBar, add_model_args, budget_arg, check_not_input, load_from_args
+from batude.cli._common import ProgressBar, add_model_args, budget_arg, check_not_input, load_from_args, non_negative_int
 from batude.functional.cost import LayerKind
 from batude.nn.profile import LayerProfile, ModelProfile, profile_model
 from batude.rank.filter import LayerFilter
@@ -166,6 +168,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     check_not_input(args.out, args.model)
     ckpt, shape = load_from_args(args)
     require_dense(ckpt, args.model)
+    if str(args.method) in ("energy", "vbmf") and not Path(args.model).exists():
+        print(f"note: {args.model} has random weights, so {args.method}'s ranks describe noise; give a trained "
+              "checkpoint for ranks that mean something (uniform does not read the weights)", file=sys.stderr)
     table = latency_table_from_args(args, shape)
     plan = select_ranks(ckpt.model, args.budget, args.method, input_shape=shape, config=selector_config(args),
                         latency=table, also=args.also or ())
@@ -233,6 +238,6 @@ def register(sub) -> None:
     p = sub.add_parser("apply", help="factorise a model with a plan and write a batude checkpoint")
     add_model_args(p)
     p.add_argument("--plan", required=True, help="rank plan JSON (from `batude plan`)")
-    p.add_argument("--hooi-iters", type=int, default=0, help="HOOI iterations after the SVD init (default 0)")
+    p.add_argument("--hooi-iters", type=non_negative_int, default=0, help="HOOI iterations after the SVD init (default 0)")
     p.add_argument("--out", required=True, help="checkpoint to write")
     p.set_defaults(func=_cmd_apply)

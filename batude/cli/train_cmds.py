@@ -16,7 +16,7 @@ import torch
 
 from batude._io import write_text_atomic
 from batude.checkpoint import Checkpoint, save
-from batude.cli._common import ProgressBar, add_model_args, load_from_args
+from batude.cli._common import ProgressBar, add_model_args, load_from_args, non_negative_int
 from batude.cli.model_cmds import (add_selector_args, latency_summary, latency_table_from_args, plan_summary, require_dense,
                                   selector_config, skipped_summary)
 from batude.data import DataSpec, load_datasets, make_loader
@@ -168,7 +168,7 @@ def register(sub) -> None:
     p.add_argument("--lam", type=float, default=1e-4, help="nuclear-norm weight lambda")
     p.add_argument("--updates-per-epoch", type=int, default=1, help="BC-ADL Z/U updates per epoch")
     p.add_argument("--score", choices=[s.value for s in Score], default=Score.JOINT_PER_COST.value, help="greedy rule's removal score")
-    p.add_argument("--hooi-iters", type=int, default=0)
+    p.add_argument("--hooi-iters", type=non_negative_int, default=0, help="HOOI iterations after the SVD init (default 0)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     add_data_args(p)
     p.set_defaults(func=_cmd_compress)

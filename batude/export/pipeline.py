@@ -74,7 +74,8 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions, plan
     out = Path(out)
     opts = options
     shape1 = (1, *opts.input_shape)
-    emit("[1/4] lowering: chain variants, BatchNorm folding")
+    policy = "the plan's table-chosen variants" if isinstance(opts.variant, Mapping) else f"{opts.variant} variants"
+    emit(f"[1/4] lowering: {policy}, BatchNorm folding")
     dense_macs = flop_counter_macs(model.eval(), shape1)
     lowered, variants = lower(model, shape1, opts.variant)
     lowered_macs = flop_counter_macs(lowered, shape1)
@@ -119,7 +120,7 @@ def _build_engines(out: Path, opts: ExportOptions, dtype: str) -> list[dict]:
         try:
             manifest = engine_from_onnx(out / "model.onnx", out / name, spec)
         except BatudeError as err:
-            raise BatudeError(f"{err} (the verified ONNX model is in {out / 'model.onnx'})") from None
+            raise BatudeError(f"{err}; the verified ONNX model is in {out / 'model.onnx'} and can be used without it") from None
         engines.append({"path": str(out / name), "manifest": manifest})
     return engines
 

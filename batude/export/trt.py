@@ -44,8 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRT_MISSING = ("TensorRT is not installed; pip install 'batude[trt]' (needs NVIDIA's package index and a CUDA GPU); "
-               "the verified ONNX model can be used without it")
+TRT_MISSING = "TensorRT is not installed; pip install 'batude[trt]' (needs NVIDIA's package index and a CUDA GPU)"
 _DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
                 "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
 _LOG_LEVELS = {"INTERNAL_ERROR": logging.ERROR, "ERROR": logging.ERROR, "WARNING": logging.WARNING,

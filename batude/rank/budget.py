@@ -113,6 +113,9 @@ class Budget:
             metric = Metric.PARAMS
         if metric is Metric.MACS and not what:
             raise BatudeError(f"budget '{text}': say MAC or FLOP after the number (e.g. 1.2GMAC); {_HELP}")
+        if metric is Metric.PARAMS and number * scale < 1000:  # no CNN worth compressing is that small
+            raise BatudeError(f"budget '{text}' would allow {number:g} parameters in all; for {number:g}x fewer write "
+                              f"'params:{number:g}x', for millions 'params:{number:g}M'")
         value = number * scale / (2.0 if what.startswith("flop") else 1.0)
         return cls(metric, BudgetKind.ABSOLUTE, value)
 

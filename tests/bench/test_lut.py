@@ -109,8 +109,12 @@ def test_lut_cli_build_and_validate(tmp_path, capsys):
     plan = select_ranks(resnet20(), "2x", "uniform", input_shape=(1, 3, 32, 32))
     plan.save(tmp_path / "p.json")
     assert main(["lut", "build", "batude:resnet20", "--batch", "2", "--points", "2", "--iters", "2", "--out", str(tmp_path / "l.json")]) == 0
-    assert main(["lut", "validate", str(tmp_path / "l.json"), "batude:resnet20", "--plan", str(tmp_path / "p.json"), "--iters", "3"]) == 0
+    validate = ["lut", "validate", str(tmp_path / "l.json"), "batude:resnet20", "--plan", str(tmp_path / "p.json"), "--iters", "3"]
+    assert main(validate) == 0
     assert "predicted" in capsys.readouterr().out
+    assert main([*validate, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # one JSON object, nothing else on stdout
+    assert result["error"] == pytest.approx(abs(result["predicted_ms"] - result["measured_ms"]) / result["measured_ms"])
     assert main(["lut", "show", str(tmp_path / "l.json"), "--plan", str(tmp_path / "p.json")]) == 0
     out = capsys.readouterr().out
     assert "factorisable layers" in out and "at dense speed per FLOP" in out

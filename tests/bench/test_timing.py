@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from batude.bench import environment, summarize, time_callable
+from batude.bench.timing import noise_summarised
 from batude.errors import BatudeError
 
 
@@ -31,6 +32,16 @@ def test_high_cv_is_logged_and_low_cv_is_not(caplog):
         assert not caplog.records
         summarize([1.0, 5.0, 1.0, 9.0], label="noisy")
     assert len(caplog.records) == 1 and "noisy" in caplog.records[0].getMessage()
+
+
+def test_many_noisy_timings_give_one_summary_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="batude.bench.timing"):
+        with noise_summarised("per-layer profile"):
+            for i in range(5):
+                summarize([1.0, 5.0, 1.0, 9.0] if i % 2 else [1.0, 1.0, 1.0], label=f"cell {i}")
+        summarize([1.0, 5.0, 1.0, 9.0], label="after")  # outside the block: warned on its own again
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and messages[0].startswith("per-layer profile: 2 timing(s)") and "after" in messages[1]
 
 
 def test_sleep_workload_lands_in_range():

@@ -74,7 +74,7 @@ def test_trt_without_tensorrt_keeps_the_verified_onnx(compressed_ckpt, tmp_path,
     out = tmp_path / "out"
     rc = export_main([str(compressed_ckpt[0]), "--out", str(out), "--trt"])
     line = _one_error(capsys, rc)
-    assert "TensorRT" in line and "model.onnx" in line
+    assert "TensorRT" in line and "model.onnx" in line and line.count("verified ONNX") == 1
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
 
 

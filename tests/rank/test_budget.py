@@ -45,6 +45,7 @@ def test_parse(text, metric, kind, value):
         ("params:1GMAC", "mixes"),
         ("macs:1.5Mparams", "mixes"),
         ("speed:2x", "unknown metric"),
+        ("params:2.5", "params:2.5x"),  # 2.5 parameters in all: surely 2.5x fewer (or 2.5M) was meant
         ("", "does not parse"),
     ],
 )
