@@ -94,12 +94,12 @@ def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int
     """The tightest feasible latency budget (from the oracle's time / 0.99 upwards by 1%) with the FLOPs limit.
 
     Absolute budgets in ms, so this works even where nothing beats dense on this device. The
-    search starts no lower than the plan at minimum ranks can reach (a noisy table can make the
-    minimum ranks slower than the oracle's choice).
+    search starts no lower than the table's floor (each layer at its fastest form on the grid;
+    below it every budget is refused up front).
     """
     config = BCADLConfig(multiple_of=multiple)
     problem = RankProblem.from_model(dense, shape, Metric.LATENCY, config.selector(), lut, [Metric.MACS])
-    target = max(oracle_ms / 0.99, problem.total(problem.minimal_ranks()) * 1.0001)
+    target = max(oracle_ms / 0.99, problem.least_total() * 1.0001)
     for _ in range(200):
         try:
             budget = f"latency:{target:.6f}ms"

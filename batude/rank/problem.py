@@ -237,6 +237,23 @@ class RankProblem:
         """Whole-model cost with every candidate factorised at ``ranks`` (no keep-dense)."""
         return self.fixed_cost(metric) + sum(self.chain_cost(i, r, metric) for i, r in enumerate(ranks))
 
+    def least_total(self, metric: Metric | None = None) -> float:
+        """A lower bound on the whole-model cost of any ranks: what the feasibility checks compare with.
+
+        MACs and params fall with every rank, so that is the cost at minimum ranks. Measured latency
+        need not (a rank-16 chain can be slower than a rank-32 one, and a layer can stay dense where
+        it is faster): each layer counts at the least of its dense time and its fastest form at any
+        of the table's grid points, which bounds the table's interpolation between those points too.
+        """
+        metric = self._metric(metric)
+        if metric is not Metric.LATENCY:
+            return self.total(self.minimal_ranks(), metric)
+        least = self.fixed_cost(metric)
+        for i, cand in enumerate(self.candidates):
+            points = grid_points(self.latency.grid(cand.layer.name)) + [tuple(grid[0] for grid in cand.grids)]
+            least += min([self.dense_cost(i, metric)] + [self.chain_cost(i, r, metric) for r in points])
+        return least
+
     def minimal_ranks(self) -> list[Ranks]:
         return [tuple(grid[0] for grid in c.grids) for c in self.candidates]
 
@@ -262,7 +279,7 @@ class RankProblem:
             if extra.metric not in self.limited:
                 raise BatudeError(f"--also {extra}: build the problem with extra_metrics including {extra.metric.value}")
             limit = self.limit_of(extra)
-            least = self.total(self.minimal_ranks(), limit.metric)
+            least = self.least_total(limit.metric)
             if least > limit.value:
                 raise BatudeError(
                     f"--also {extra} is infeasible: it allows {limit.value:.4g} {limit.metric.unit}, but the plan at "
@@ -276,7 +293,7 @@ class RankProblem:
     def check_feasible(self, budget: Budget) -> float:
         """The budget's limit; raises when even the minimal ranks exceed it."""
         limit = self.limit(budget)
-        least = self.total(self.minimal_ranks())
+        least = self.least_total()
         if least > limit:
             raise BatudeError(
                 f"budget {budget} is infeasible: it allows {limit:.4g} {self.metric.unit}, but even minimum ranks "

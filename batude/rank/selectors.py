@@ -46,7 +46,14 @@ def _unfoldings(cand: Candidate) -> list[torch.Tensor]:
 
 
 def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limits: Sequence[Limit]) -> tuple[float, list[Ranks]]:
-    """Largest parameter in [lo, hi] whose ranks fit ``limits`` (``family(lo)`` must fit)."""
+    """Largest parameter in [lo, hi] whose ranks fit ``limits``; raises when even ``family(lo)`` does not."""
+    for limit in limits:
+        least = problem.total(family(lo), limit.metric)
+        if least > limit.value:  # feasible for some ranks (checked before), but not along this family
+            raise BatudeError(
+                f"budget {limit.budget} is out of this selector's reach: its smallest ranks cost {least:.4g} "
+                f"{limit.metric.unit} > {limit.value:.4g} allowed (measured latency need not fall with rank); "
+                "loosen the budget, or let BATUDE's greedy rule choose (`batude compress`)")
     if problem.fits(family(hi), limits):
         return hi, family(hi)
     for _ in range(60):

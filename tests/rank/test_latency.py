@@ -288,3 +288,36 @@ def test_oracle_share_reads_both_the_speedup_ratio_and_the_gain():
     assert ratio > 1 and gain == pytest.approx(0.12 / 0.11)  # measured above the oracle's plan: over 100% both ways
     assert oracle_share(0.9, 0.97)[1] is None  # an oracle slower than dense has no gain to share
     assert oracle_share(0.98, 1.002)[1] is None  # nor one within 1% of dense: the share would be noise
+
+
+def _slow_at_the_lowest_rank(lut: LatencyTable) -> LatencyTable:
+    """``lut`` with every factorised form 1.6x slower at the lowest grid ranks: measured tables do
+    this (tile quantisation, launch-bound tiny GEMMs), so latency need not fall with rank."""
+    layers = {}
+    for name, t in lut.layers.items():
+        ms = {}
+        for variant, cells in t.ms.items():
+            if len(t.grids) == 1:
+                ms[variant] = [1.6 * c if i == 0 else c for i, c in enumerate(cells)]
+            else:
+                ms[variant] = [[1.6 * c if i == j == 0 else c for j, c in enumerate(row)] for i, row in enumerate(cells)]
+        layers[name] = LayerTable(name, t.kind, t.dense_ms, t.grids, ms)
+    return LatencyTable(lut.key, lut.input_shape, lut.model_ms, lut.other_ms, layers)
+
+
+def test_a_table_slower_at_minimum_ranks_is_checked_against_its_true_floor():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1).eval()
+    lut = _slow_at_the_lowest_rank(synthetic_table(model, (1, 28, 28), points=3, multiple_of=8, batch=64))
+    problem = RankProblem.from_model(model, (1, 1, 28, 28), Metric.LATENCY, SelectorConfig(multiple_of=8), lut)
+    at_minimum, floor = problem.total(problem.minimal_ranks()), problem.least_total()
+    assert floor < at_minimum  # the fastest ranks are not the smallest
+    budget = f"latency:{0.5 * (floor + at_minimum):.6f}ms"  # reachable, but not by minimum ranks
+    # the selectors' one-parameter families end at minimum ranks: refused, never a plan over budget
+    with pytest.raises(BatudeError, match="out of this selector's reach"):
+        select_ranks(model, budget, "uniform", input_shape=(1, 1, 28, 28), latency=lut, config=SelectorConfig(multiple_of=8))
+    # BATUDE's greedy rule stops when the budget holds, before the slow lowest ranks
+    plan = BCADL(model, budget, BCADLConfig(multiple_of=8), input_shape=(1, 1, 28, 28), latency=lut).plan()
+    assert _predicted(plan) <= 0.5 * (floor + at_minimum) + 1e-9
+    with pytest.raises(BatudeError, match="infeasible"):  # below the floor nothing can help
+        select_ranks(model, f"latency:{0.99 * floor:.6f}ms", "uniform", input_shape=(1, 1, 28, 28), latency=lut)
