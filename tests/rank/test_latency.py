@@ -261,7 +261,10 @@ def test_real_cpu_table_drives_a_latency_plan():
     torch.manual_seed(0)
     model = resnet20(in_channels=1).eval()
     lut = LatencyTable.build(model, (1, 28, 28), batch=8, iters=3, warmup=1, points=2)
-    limit = 2 * lut.model_ms
+    # loose whatever the timings: twice the dense model and twice every layer at minimum ranks (on a
+    # busy machine a 3-call table can put the chains at minimum ranks far above the dense model)
+    problem = RankProblem.from_model(model, (1, 1, 28, 28), Metric.MACS, SelectorConfig(multiple_of=8), lut, [Metric.LATENCY])
+    limit = 2 * max(lut.model_ms, problem.total(problem.minimal_ranks(), Metric.LATENCY))
     plan = select_ranks(model, "1.5x", "uniform", (1, 1, 28, 28), latency=lut, also=[f"latency:{limit}ms"])
     assert plan.macs_reduction >= 1.5 and plan.latency["predicted_ms"] <= limit
     assert plan.latency["predicted_ms"] == pytest.approx(lut.predict(plan)[0])
