@@ -68,12 +68,9 @@ def _device_for(backend: Backend, device: str | None) -> torch.device:
     if gpu_only and not str(device or "").startswith("cuda"):
         device = "cuda"
     try:
-        dev = resolve_device(device)
+        return resolve_device(device, make_current=True)
     except BatudeError as err:
         raise BackendUnavailable(str(err)) from None
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return dev
 
 
 def torch_runner(model: nn.Module, x: torch.Tensor, backend: Backend) -> Callable[[], object]:

@@ -55,10 +55,10 @@ def _cpu_model() -> str:
         pass
     name = fields.get("model name") or platform.processor() or "unknown"
     flags = set(fields.get("flags", "").split())
-    isa = next((f for f in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if f in flags), None)
-    detail = [f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields and "model" in fields else None,
-              isa and isa.replace("avx512f", "avx512")]
-    detail = [d for d in detail if d]
+    detail = []
+    if "cpu family" in fields and "model" in fields:
+        detail.append(f"family {fields['cpu family']} model {fields['model']}")
+    detail += [isa for flag, isa in (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"), ("asimd", "asimd")) if flag in flags][:1]
     return f"{name} ({', '.join(detail)})" if detail else name
 
 

@@ -137,12 +137,10 @@ class LatencyTable:
         if points < 2 or multiple_of < 1:
             raise BatudeError(f"a rank grid needs points >= 2 and multiple_of >= 1 (got {points}, {multiple_of}); "
                               "pass e.g. --points 4 --multiple-of 8")
-        dev = resolve_device(device)
+        dev = resolve_device(device, make_current=True)
         if dtype == torch.float16 and dev.type == "cpu":
             raise BatudeError("fp16 on the CPU is not a meaningful latency target (as for `batude bench`); "
                               "build the table with --dtype fp32 or on a GPU")
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)  # timing events and CUDA graphs use the current device
         model = copy.deepcopy(model).eval().to(dev, dtype)  # the caller's model keeps its device and dtype
         with noise_summarised("latency table"):  # hundreds of tiny timings: one warning, not one per cell
             return cls._build(model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend, progress)

@@ -51,12 +51,12 @@ non_negative_int = _int_at_least(0)
 
 
 def device_arg(text: str) -> str:
-    import torch
+    from batude._device import parse_device
 
     try:
-        torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"unknown device '{text}'; use cpu, cuda or cuda:N") from None
+        parse_device(text)
+    except BatudeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

@@ -249,8 +249,8 @@ class RankProblem:
         if metric is not Metric.LATENCY:
             return self.total(self.minimal_ranks(), metric)
         least = self.fixed_cost(metric)
-        for i, cand in enumerate(self.candidates):
-            points = grid_points(self.latency.grid(cand.layer.name)) + [tuple(grid[0] for grid in cand.grids)]
+        for i, (cand, smallest) in enumerate(zip(self.candidates, self.minimal_ranks())):
+            points = grid_points(self.latency.grid(cand.name)) + [smallest]
             least += min([self.dense_cost(i, metric)] + [self.chain_cost(i, r, metric) for r in points])
         return least
 
@@ -282,8 +282,8 @@ class RankProblem:
             least = self.least_total(limit.metric)
             if least > limit.value:
                 raise BatudeError(
-                    f"--also {extra} is infeasible: it allows {limit.value:.4g} {limit.metric.unit}, but the plan at "
-                    f"minimum ranks costs {least:.4g} {limit.metric.unit}; loosen it or the budget {budget}")
+                    f"--also {extra} is infeasible: it allows {limit.value:.4g} {limit.metric.unit}, but no ranks "
+                    f"cost less than {least:.4g} {limit.metric.unit}; loosen it or the budget {budget}")
             out.append(limit)
         return out
 
@@ -291,13 +291,13 @@ class RankProblem:
         return all(self.total(ranks, limit.metric) <= limit.value for limit in limits)
 
     def check_feasible(self, budget: Budget) -> float:
-        """The budget's limit; raises when even the minimal ranks exceed it."""
+        """The budget's limit; raises when no ranks can meet it (:meth:`least_total` exceeds it)."""
         limit = self.limit(budget)
         least = self.least_total()
         if least > limit:
             raise BatudeError(
-                f"budget {budget} is infeasible: it allows {limit:.4g} {self.metric.unit}, but even minimum ranks "
-                f"cost {least:.4g} {self.metric.unit} ({self.fixed:.4g} {self.metric.unit} of it in layers left dense); loosen the budget, "
+                f"budget {budget} is infeasible: it allows {limit:.4g} {self.metric.unit}, but no ranks "
+                f"cost less than {least:.4g} {self.metric.unit} ({self.fixed:.4g} {self.metric.unit} of it in layers left dense); loosen the budget, "
                 "lower --min-rank/--multiple-of, or make more layers eligible"
             )
         return limit

@@ -47,8 +47,9 @@ def _unfoldings(cand: Candidate) -> list[torch.Tensor]:
 
 def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limits: Sequence[Limit]) -> tuple[float, list[Ranks]]:
     """Largest parameter in [lo, hi] whose ranks fit ``limits``; raises when even ``family(lo)`` does not."""
+    smallest = family(lo)
     for limit in limits:
-        least = problem.total(family(lo), limit.metric)
+        least = problem.total(smallest, limit.metric)
         if least > limit.value:  # feasible for some ranks (checked before), but not along this family
             raise BatudeError(
                 f"budget {limit.budget} is out of this selector's reach: its smallest ranks cost {least:.4g} "

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from batude._device import resolve_device
+from batude._device import parse_device, resolve_device
 from batude.errors import BatudeError
 from batude.rank.bcadl import BCADLConfig
 from batude.rank.filter import LayerFilter
@@ -61,10 +61,7 @@ class TrainConfig:
             if not ok:
                 raise BatudeError(f"training config: {message}")
         if self.device is not None:
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise BatudeError(f"unknown device '{self.device}'; use cpu, cuda or cuda:N") from None
+            parse_device(self.device)
 
     def resolved_device(self) -> torch.device:
         return resolve_device(self.device, default="auto")
