@@ -7,7 +7,7 @@ then four plans at >= ``--flops`` fewer FLOPs are made and measured in the same 
 * ``batude``: BATUDE's greedy allocation (the BC-ADL budget rule at its first Z-step, before
   training; random weights), FLOPs budget only, variants from the table;
 * ``batude-latency``: the same rule with a latency budget from the table (the tightest that is
-  feasible, searched from the oracle's predicted ms / 0.99 upwards by 1%) and the FLOPs budget as an extra limit
+  feasible, searched from the oracle's predicted ms / 0.99 upwards by 1%, then bisected) and the FLOPs budget as an extra limit
   (``--also``); ranks aligned for the dtype; keep-dense and variants from the table;
 * ``oracle``: :func:`batude.rank.latency.fastest_plan`, the lowest predicted latency over the
   table's grid under the FLOPs limit, accuracy ignored (the issue's upper bound).
@@ -84,14 +84,18 @@ def _args(argv=None):
     p.add_argument("--out", help="output folder (required unless --table-from)")
     p.add_argument("--table-from", metavar="JSON",
                    help="print the table of a saved latency_aware.json (shares recomputed) and measure nothing")
+    p.add_argument("--replan", metavar="DIR",
+                   help="plan again with this code on the tables a saved run left in DIR (latency_aware.json and "
+                        "lut_b*.json) and compare the predictions with that run's; measures nothing, runs on a CPU")
     args = p.parse_args(argv)
-    if not args.out and not args.table_from:
-        p.error("--out is required (or --table-from JSON)")
+    if not args.out and not args.table_from and not args.replan:
+        p.error("--out is required (or --table-from JSON, or --replan DIR)")
     return args
 
 
 def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int):
-    """The tightest feasible latency budget (from the oracle's time / 0.99 upwards by 1%) with the FLOPs limit.
+    """The tightest feasible latency budget with the FLOPs limit: from the oracle's time / 0.99 upwards
+    by 1%, then 4 bisection steps between the last refused budget and the first met one.
 
     Absolute budgets in ms, so this works even where nothing beats dense on this device. The
     search starts no lower than the table's floor (each layer at its fastest form on the grid;
@@ -99,14 +103,33 @@ def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int
     """
     config = BCADLConfig(multiple_of=multiple)
     problem = RankProblem.from_model(dense, shape, Metric.LATENCY, config.selector(), lut, [Metric.MACS])
-    target = max(oracle_ms / 0.99, problem.least_total() * 1.0001)
-    for _ in range(200):
+
+    def attempt(ms: float):
+        budget = f"latency:{ms:.6f}ms"
         try:
-            budget = f"latency:{target:.6f}ms"
             return BCADL(dense, budget, config, input_shape=shape, latency=lut, also=[flops]).plan(), budget
         except BatudeError:
-            target *= 1.01
-    raise BatudeError(f"no feasible latency budget found up to {target:.4g} ms")
+            return None
+
+    target = max(oracle_ms / 0.99, problem.least_total() * 1.0001)
+    refused = None
+    for _ in range(200):
+        found = attempt(target)
+        if found is not None:
+            break
+        refused, target = target, target * 1.01
+    else:
+        raise BatudeError(f"no feasible latency budget found up to {target:.4g} ms")
+    if refused is not None:
+        met = target
+        for _ in range(4):
+            middle = 0.5 * (refused + met)
+            trial = attempt(middle)
+            if trial is None:
+                refused = middle
+            else:
+                met, found = middle, trial
+    return found
 
 
 def _plans(dense, shape, lut, flops: str):
@@ -252,9 +275,56 @@ def table(batches: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _dense(model: str):
+    """The dense model the plans are made for, with seeded random weights (BC-ADL's first Z-step reads them)."""
     import torchvision
 
+    torch.manual_seed(0)
+    if ":" in model:  # batude:resnet20, torchvision:NAME, a checkpoint spec
+        return load_model(model).model.eval()
+    return torchvision.models.get_model(model).eval()
+
+
+def replan(folder: str | Path) -> list[dict]:
+    """Each plan of a saved run made again on that run's tables: predicted ms then and now (see ``--replan``)."""
+    folder = Path(folder)
+    saved = json.loads((folder / "latency_aware.json").read_text())
+    args = saved["args"]
+    shape = (1, *(int(x) for x in args["input"].split(",")))
+    dense = _dense(args["model"])
+    rows = []
+    for b in saved["batches"]:
+        lut = LatencyTable.load(folder / f"lut_b{b['batch']}.json")
+        plans, info = _plans(dense, shape, lut, args["flops"])
+        then_oracle = b["plans"]["oracle"]["latency"]["predicted_ms"]
+        now_oracle = plans["oracle"][0].latency["predicted_ms"]
+        for name, (plan, _) in plans.items():
+            if plan.latency is None:
+                continue
+            then = (b["plans"][name].get("latency") or {}).get("predicted_ms")
+            now = plan.latency["predicted_ms"]
+            rows.append({"batch": b["batch"], "plan": name, "macs_reduction": plan.macs_reduction,
+                         "dense_ms": lut.model_ms, "predicted_ms_then": then, "predicted_ms_now": now,
+                         "share_of_oracle_then": then_oracle / then if then else None,
+                         "share_of_oracle_now": now_oracle / now,
+                         "dense_layers_now": sum(layer.ranks is None for layer in plan.layers),
+                         "latency_budget_then": b.get("latency_budget") if name == "batude-latency" else None,
+                         "latency_budget_now": info["latency_budget"] if name == "batude-latency" else None})
+    return rows
+
+
+def replan_table(rows: list[dict]) -> str:
+    lines = ["| batch | plan | FLOPs cut | layers dense | predicted ms then | predicted ms now | predicted speed-up now "
+             "| share of oracle then | now |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['batch']} | {r['plan']} | {r['macs_reduction']:.2f}x | {r['dense_layers_now']} | "
+                     f"{_ms(r['predicted_ms_then'])} | {r['predicted_ms_now']:.3f} | "
+                     f"{_x(r['dense_ms'] / r['predicted_ms_now'])} | {_pct(r['share_of_oracle_then'])} | "
+                     f"{_pct(r['share_of_oracle_now'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
     args = _args(argv)
     if args.table_from:
         saved = json.loads(Path(args.table_from).read_text())
@@ -262,15 +332,19 @@ def main(argv=None) -> int:
             _speedups(b["rows"])
         print(table(saved["batches"]))
         return 0
+    if args.replan:
+        rows = replan(args.replan)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "replan.json").write_text(json.dumps({"env": environment(), "from": args.replan, "rows": rows},
+                                                                   indent=2) + "\n")
+        print(replan_table(rows))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     shape = (1, *(int(x) for x in args.input.split(",")))
-    torch.manual_seed(0)
-    if ":" in args.model:  # batude:resnet20, torchvision:NAME, a checkpoint spec
-        dense = load_model(args.model).model.eval()
-    else:
-        dense = torchvision.models.get_model(args.model).eval()
+    dense = _dense(args.model)
     batches = []
     for b in args.batches.split(","):  # the report is rewritten after each batch: a run cut short keeps what it measured
         batches.append(_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype))

@@ -117,6 +117,14 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     with pytest.raises(BatudeError, match="measured at input"):
         bench.main([*argv, "--input", "3,16,16", "--out", str(tmp_path / "other")])
 
+    # the saved run planned again offline: this code's plans on its tables, the predictions side by side
+    assert bench.main(["--replan", str(tmp_path), "--out", str(tmp_path / "replan")]) == 0
+    rows = {r["plan"]: r for r in json.loads((tmp_path / "replan" / "replan.json").read_text())["rows"]}
+    assert set(rows) == {"batude", "batude-latency", "oracle"}
+    assert rows["oracle"]["predicted_ms_now"] == pytest.approx(rows["oracle"]["predicted_ms_then"])  # same table, same oracle
+    assert rows["batude"]["predicted_ms_now"] == pytest.approx(rows["batude"]["predicted_ms_then"])  # same seeded weights
+    assert all(r["macs_reduction"] >= 2.52 for r in rows.values())
+
 
 def test_latency_aware_table_from_a_saved_report_measures_nothing(capsys):
     bench = _script("latency_aware")

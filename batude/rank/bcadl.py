@@ -130,7 +130,7 @@ class BCADL:
                 _Split(unfold(w, n).clone(), torch.zeros_like(unfold(w, n)), a)
                 for n, a in enumerate(alphas)
             ])
-        self.ranks: list[tuple[int, ...]] = []
+        self.ranks: list[tuple[int, ...] | None] = []  # None: held dense
         self._penalty_targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._z_step()  # start from a budget-feasible Z; U stays 0
 
@@ -195,8 +195,8 @@ class BCADL:
         self.last_thresholds = thresholds  # the spectra below were thresholded at these
         spectra = [[sp.sigma for sp in splits] for splits in self.splits]
         self.ranks = budgeted_ranks(self.problem, spectra, thresholds, self.limit, self.config.score, self.extra_limits)
-        for splits, per, ranks, thr in zip(self.splits, factors, self.ranks, thresholds):
-            for sp, (p, s, qh), r, t in zip(splits, per, ranks, thr):
+        for cand, splits, per, ranks, thr in zip(self.problem.candidates, self.splits, factors, self.ranks, thresholds):
+            for sp, (p, s, qh), r, t in zip(splits, per, ranks or cand.full_ranks, thr):  # held dense: thresholded only
                 sp.z = svt(p, s, qh, r, t).to(sp.z.dtype)
         self._penalty_targets = None
 
@@ -221,9 +221,10 @@ class BCADL:
         self.history.append(record)
         log.info("BC-ADL update %d: rho=%.3g residual=%.4g", self.updates, record["rho"], record["primal_residual"])
 
-    def cost(self) -> int:
-        """Whole-model cost of the current Z ranks (chain costs; the budget's metric)."""
-        return self.problem.fixed + sum(self.problem.chain_cost(i, r) for i, r in enumerate(self.ranks))
+    def cost(self) -> float:
+        """Whole-model cost of the current Z ranks, in the budget's metric, as a plan of them would
+        cost before slack is filled (layers at full ranks, or whose chains are no cheaper, dense)."""
+        return self.problem.total(self.ranks)
 
     def plan(self, method: str = "batude") -> RankPlan:
         """The learned plan: the last Z-step's ranks, then slack filled by the best value per cost."""
@@ -254,7 +255,7 @@ class BCADL:
         """Everything needed to resume (tensors and plain values; safe for weights_only loading)."""
         return {
             "rho": self.rho, "steps": self.steps, "updates": self.updates, "history": list(self.history),
-            "ranks": [list(r) for r in self.ranks],
+            "ranks": [None if r is None else list(r) for r in self.ranks],
             "z": [[sp.z.cpu() for sp in s] for s in self.splits],
             "u": [[sp.u.cpu() for sp in s] for s in self.splits],
             "sigma": [[sp.sigma for sp in s] for s in self.splits],
@@ -268,7 +269,7 @@ class BCADL:
         self.last_thresholds = [list(map(float, t)) for t in state["thresholds"]]
         self.rho, self.steps, self.updates = float(state["rho"]), int(state["steps"]), int(state["updates"])
         self.history = list(state["history"])
-        self.ranks = [tuple(r) for r in state["ranks"]]
+        self.ranks = [None if r is None else tuple(r) for r in state["ranks"]]
         for splits, zs, us, ss in zip(self.splits, state["z"], state["u"], state["sigma"]):
             for sp, z, u, s in zip(splits, zs, us, ss):
                 sp.z, sp.u, sp.sigma = z.to(sp.z), u.to(sp.u), s

@@ -23,12 +23,22 @@ Costs here are chain costs (the factorised layer's MACs, params or predicted ms 
 Extra limits (``also``: e.g. a latency cap on a MACs budget) are met after the budget, by the same
 rule with cost saved measured in that limit's metric. Ties break by layer order then mode, so the
 rule is deterministic. The result meets the budget (and every extra limit) or raises.
+
+3. (design, this project's) where removing steps cannot meet every limit, layers are *kept dense*
+   one at a time: a layer whose dense form is cheaper than its chain in some limited metric (on a
+   GPU at batch 1 most chains are slower than the dense conv; under a MACs limit the rule above
+   never gives them up) is held dense, costed dense, and the rule reruns for the others. Each
+   round holds dense the layer whose rerun meets the limits losing the least gain; while none
+   does, the one leaving the least excess; it stops (infeasible) when no layer brings the plan
+   closer. Plans the rule meets without this are unchanged. Layers held dense come back as
+   ``None`` (:meth:`RankProblem.keeps_dense`).
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -81,6 +91,29 @@ def step_value(spectra, thresholds, ranks: Ranks, mode: int, lo: int, hi: int, s
     return value
 
 
+class _Gains:
+    """:func:`step_value` from prefix sums of each unfolding's gains (the greedy rule asks for
+    hundreds of thousands of them when it holds layers dense)."""
+
+    def __init__(self, spectra, thresholds) -> None:
+        self.prefix = [[[0.0] + (s.double() - t).clamp_min(0.0).square().cumsum(0).tolist() for s, t in zip(ss, tt)]
+                       for ss, tt in zip(spectra, thresholds)]
+        self.energy = [[_energy(s) for s in ss] for ss in spectra]
+
+    def _kept(self, i: int, mode: int, lo: int, hi: int) -> float:
+        prefix = self.prefix[i][mode]
+        return prefix[min(hi, len(prefix) - 1)] - prefix[min(lo, len(prefix) - 1)]
+
+    def step(self, i: int, ranks: Ranks, mode: int, lo: int, hi: int, score: Score) -> float:
+        value = self._kept(i, mode, lo, hi)
+        if score.normalised:
+            value /= self.energy[i][mode]
+        if score.joint and len(ranks) == 2:
+            other = 1 - mode
+            value *= self._kept(i, other, 0, ranks[other]) / self.energy[i][other]
+        return value
+
+
 def _energy(sigma: torch.Tensor) -> float:
     return max(float(sigma.square().sum()), 1e-300)
 
@@ -104,7 +137,7 @@ def budgeted_ranks(
     limit: float,
     score: Score | str = Score.GAIN_PER_COST,
     also: Sequence[Limit] = (),
-) -> list[Ranks]:
+) -> list[Ranks | None]:
     """Ranks per candidate (per mode) that fit ``limit`` (and ``also``) under the greedy rule above.
 
     Args:
@@ -112,44 +145,96 @@ def budgeted_ranks(
         thresholds: ``thresholds[l][n]``: the soft threshold ``t`` of that unfolding.
         limit: largest allowed whole-model cost (problem's metric).
         also: further limits, in any metric the problem can cost.
+
+    Layers held dense (step 3 of the rule) come back as ``None``.
     """
     score = Score(score)
-    ranks = _start_ranks(problem, spectra, thresholds)
-    for metric, value in [(problem.metric, limit)] + [(extra.metric, extra.value) for extra in also]:
-        _remove_until(problem, spectra, thresholds, ranks, metric, value, score)
-    if problem.chain_total(ranks) > limit:  # a latency cap can, in principle, undo a latency budget
-        _remove_until(problem, spectra, thresholds, ranks, problem.metric, limit, score)
-    return ranks
+    limits = [(problem.metric, limit)] + [(extra.metric, extra.value) for extra in also]
+    gains, start = _Gains(spectra, thresholds), _start_ranks(problem, spectra, thresholds)
+    best = _allocate(problem, gains, start, limits, score, frozenset())
+    while best.excess > 0:
+        trials = [_allocate(problem, gains, start, limits, score, best.dense | {i}) for i in _cheaper_dense(problem, best)]
+        closer = min(trials, key=lambda a: (a.excess > 0, a.excess if a.excess > 0 else a.lost), default=None)
+        if closer is None or closer.excess >= best.excess:
+            reached = ", ".join(f"{_total(problem, best.ranks, m):.4g} {m.unit} (allowed {v:.4g})" for m, v in limits)
+            raise BatudeError(f"budget infeasible: the greedy rule gets no closer than {reached}; loosen the budget")
+        best = closer
+    return best.ranks
 
 
-def enforce_limits(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ranks], limits: Sequence[Limit],
-                   score: Score | str = Score.JOINT_PER_COST) -> list[Ranks]:
+@dataclass(frozen=True)
+class _Allocation:
+    ranks: list[Ranks | None]  # None: held dense
+    excess: float  # sum over limits of the relative overrun; 0 when every limit holds
+    lost: float  # gain removed (the score's value, summed over the steps taken)
+
+    @property
+    def dense(self) -> frozenset[int]:
+        return frozenset(i for i, r in enumerate(self.ranks) if r is None)
+
+
+def _allocate(problem: RankProblem, gains: _Gains, start: Sequence[Ranks], limits: Sequence[tuple[Metric, float]],
+              score: Score, dense: frozenset[int]) -> _Allocation:
+    """Steps 1-2 of the rule from ``start`` with the layers in ``dense`` held dense: the budget, each
+    extra limit, the budget again."""
+    ranks: list[Ranks | None] = [None if i in dense else r for i, r in enumerate(start)]
+    lost = sum(_remove_until(problem, gains, ranks, metric, value, score)
+               for metric, value in [*limits, limits[0]])  # a later limit can, in principle, undo the budget
+    excess = sum(max(_total(problem, ranks, metric) / value - 1.0, 0.0) for metric, value in limits)
+    return _Allocation(ranks, excess, lost)
+
+
+def _cost(problem: RankProblem, i: int, ranks: Ranks | None, metric: Metric) -> float:
+    """The Z-step's cost of a layer: its chain, even where dense is cheaper, unless held dense."""
+    return problem.dense_cost(i, metric) if ranks is None else problem.chain_cost(i, ranks, metric)
+
+
+def _total(problem: RankProblem, ranks: Sequence[Ranks | None], metric: Metric) -> float:
+    return problem.fixed_cost(metric) + sum(_cost(problem, i, r, metric) for i, r in enumerate(ranks))
+
+
+def _cheaper_dense(problem: RankProblem, alloc: _Allocation) -> list[int]:
+    """Layers not held dense whose dense form costs less than their chain in some limited metric."""
+    return [i for i, r in enumerate(alloc.ranks)
+            if r is not None and any(problem.dense_cost(i, m) < problem.chain_cost(i, r, m) for m in problem.limited)]
+
+
+def enforce_limits(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ranks | None], limits: Sequence[Limit],
+                   score: Score | str = Score.JOINT_PER_COST) -> list[Ranks | None]:
     """Lower ``ranks`` by the greedy rule until every limit holds on *effective* costs.
 
     Needed where a layer the primary metric keeps dense costs more in another metric than its chain
     (e.g. a latency budget keeps a slow chain dense, which adds MACs against a MACs limit).
     """
-    ranks = [tuple(r) for r in ranks]
+    ranks = [None if r is None else tuple(r) for r in ranks]
+    gains = _Gains(spectra, thresholds)
     for limit in limits:
-        _remove_until(problem, spectra, thresholds, ranks, limit.metric, limit.value, Score(score), effective=True)
+        _remove_until(problem, gains, ranks, limit.metric, limit.value, Score(score), effective=True)
     if not problem.fits(ranks, limits):
         raise BatudeError("no ranks meet every limit together; loosen the budget or the --also limits")
     return ranks
 
 
-def _remove_until(problem: RankProblem, spectra, thresholds, ranks: list[Ranks], metric: Metric, limit: float,
-                  score: Score, effective: bool = False) -> None:
-    """Remove grid steps, least value per ``metric`` saved first, until the total fits ``limit``.
+def _remove_until(problem: RankProblem, gains: _Gains, ranks: list[Ranks | None], metric: Metric, limit: float,
+                  score: Score, effective: bool = False) -> float:
+    """Remove grid steps, least value per ``metric`` saved first, until the total fits ``limit`` or
+    no step is left; returns the value removed. Layers held dense (``None``) are left alone.
 
-    Chain totals (every candidate factorised; the Z-step's view), or with ``effective`` the
-    totals of the plan the ranks describe (layers kept dense where the primary metric says so).
+    Chain totals (every candidate factorised unless held dense; the Z-step's view), or with
+    ``effective`` the totals of the plan the ranks describe (layers kept dense where
+    :meth:`RankProblem.keeps_dense` says so).
     """
-    cost = problem.layer_cost if effective else problem.chain_cost
-    total = problem.total(ranks, metric) if effective else problem.chain_total(ranks, metric)
+    def cost(i: int, r: Ranks, m: Metric) -> float:
+        return problem.layer_cost(i, r, m) if effective else _cost(problem, i, r, m)
+
+    total = problem.fixed_cost(metric) + sum(cost(i, r, metric) for i, r in enumerate(ranks))
     version = [0] * len(ranks)
-    heap: list[tuple[float, int, int, int]] = []
+    heap: list[tuple[float, int, int, int, float]] = []
+    lost = 0.0
 
     def push(i: int) -> None:
+        if ranks[i] is None:
+            return
         for mode, current in enumerate(ranks[i]):
             grid = problem.candidates[i].grids[mode]
             lower = [g for g in grid if g < current]
@@ -157,16 +242,14 @@ def _remove_until(problem: RankProblem, spectra, thresholds, ranks: list[Ranks],
                 continue
             trial = ranks[i][:mode] + (lower[-1],) + ranks[i][mode + 1:]
             saved = cost(i, ranks[i], metric) - cost(i, trial, metric)
-            value = step_value(spectra[i], thresholds[i], ranks[i], mode, lower[-1], current, score)
+            value = gains.step(i, ranks[i], mode, lower[-1], current, score)
             key = value if not score.per_cost else (value / saved if saved > 0 else float("inf"))
-            heapq.heappush(heap, (key, i, mode, version[i]))
+            heapq.heappush(heap, (key, i, mode, version[i], value))
 
     for i in range(len(ranks)):
         push(i)
-    while total > limit:
-        if not heap:
-            raise BatudeError(f"budget infeasible: even minimum ranks cost {total:.4g} > {limit:.4g} {metric.unit}; loosen the budget")
-        _, i, mode, ver = heapq.heappop(heap)
+    while total > limit and heap:
+        _, i, mode, ver, value = heapq.heappop(heap)
         if ver != version[i]:
             continue  # stale: the layer changed since this entry was scored
         grid = problem.candidates[i].grids[mode]
@@ -174,26 +257,28 @@ def _remove_until(problem: RankProblem, spectra, thresholds, ranks: list[Ranks],
         trial = ranks[i][:mode] + (new,) + ranks[i][mode + 1:]
         total += cost(i, trial, metric) - cost(i, ranks[i], metric)
         ranks[i] = trial
+        lost += value
         version[i] += 1
         push(i)
+    return lost
 
 
-def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks], limit: float, score: StepScore,
-                   also: Sequence[Limit] = ()) -> list[Ranks]:
+def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks | None], limit: float, score: StepScore,
+                   also: Sequence[Limit] = ()) -> list[Ranks | None]:
     """Raise ranks one grid step at a time, best ``score`` first, while the budget (and ``also``) allows.
 
     Uses effective costs (min(chain, dense)), so it spends slack that rounding or layers kept
-    dense left. ``score(layer, mode, current, next, layer_ranks)``: higher goes first; ties by
-    layer order.
+    dense left (layers held dense, ``None``, stay so). ``score(layer, mode, current, next,
+    layer_ranks)``: higher goes first; ties by layer order.
     """
-    ranks = [tuple(r) for r in ranks]
+    ranks = [None if r is None else tuple(r) for r in ranks]
     total = problem.total(ranks)
     extra = [[lim, problem.total(ranks, lim.metric)] for lim in also]
     blocked: set[tuple[int, int]] = set()
     while True:
         best = None
         for i, cand in enumerate(problem.candidates):
-            for mode in range(len(ranks[i])):
+            for mode in range(0 if ranks[i] is None else len(ranks[i])):
                 nxt = cand.next_rank(mode, ranks[i][mode])
                 if nxt is None or (i, mode) in blocked:
                     continue

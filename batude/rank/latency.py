@@ -164,7 +164,7 @@ def fastest_plan(problem: RankProblem, limit: Limit, buckets: int = 4096) -> Ran
         chosen = options[int(pick[b])]
         ranks[i] = chosen.ranks
         b -= math.ceil(chosen.cost / unit - 1e-9)
-    full = [r if r is not None else tuple(g[-1] for g in c.grids) for r, c in zip(ranks, problem.candidates)]
+    full = [r if r is not None else c.full_ranks for r, c in zip(ranks, problem.candidates)]
     plan = problem.to_plan(full, "oracle", None, {"oracle": {"limit": limit.to_dict(), "buckets": buckets}},
                            keep=[r is None for r in ranks])
     return plan

@@ -105,6 +105,10 @@ class Candidate:
         i = bisect.bisect_left(grid, math.ceil(value - 1e-9))
         return grid[min(i, len(grid) - 1)]
 
+    @property
+    def full_ranks(self) -> Ranks:
+        return tuple(grid[-1] for grid in self.grids)
+
     def next_rank(self, mode: int, current: int) -> int | None:
         """The next allowed rank above ``current``, or None at the full rank."""
         grid = self.grids[mode]
@@ -140,6 +144,7 @@ class RankProblem:
         self.fixed = self._fixed[metric]
         self.dense_total = self._model_total(metric)  # candidates are dense layers (the filter refuses factorised ones)
         self._memo: dict[str, Any] = {}
+        self._chain: dict[tuple[Metric, int, Ranks], float] = {}
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per problem (e.g. singular values shared by repeated selections)."""
@@ -216,26 +221,28 @@ class RankProblem:
 
         In latency, the fastest exact factorised variant's predicted ms.
         """
-        metric, layer = self._metric(metric), self.candidates[i].layer
-        if metric is Metric.LATENCY:
-            return self.latency.factorised_ms(layer.name, ranks)[1]
-        return self._cost(metric)(layer.kind, layer.geometry, ranks)
+        metric = self._metric(metric)
+        key = (metric, i, tuple(ranks))
+        if key not in self._chain:  # the greedy rule asks for the same few thousand many times over
+            layer = self.candidates[i].layer
+            if metric is Metric.LATENCY:
+                self._chain[key] = self.latency.factorised_ms(layer.name, ranks)[1]
+            else:
+                self._chain[key] = self._cost(metric)(layer.kind, layer.geometry, ranks)
+        return self._chain[key]
 
-    def keeps_dense(self, i: int, ranks: Ranks) -> bool:
-        """Whether candidate ``i`` stays dense at ``ranks``: its chain is no cheaper in any limited metric."""
-        return all(self.chain_cost(i, ranks, m) >= self.dense_cost(i, m) for m in self.limited)
+    def keeps_dense(self, i: int, ranks: Ranks | None) -> bool:
+        """Whether candidate ``i`` stays dense at ``ranks``: ``None`` (held dense by the greedy rule),
+        or a chain no cheaper in any limited metric."""
+        return ranks is None or all(self.chain_cost(i, ranks, m) >= self.dense_cost(i, m) for m in self.limited)
 
-    def layer_cost(self, i: int, ranks: Ranks, metric: Metric | None = None) -> float:
+    def layer_cost(self, i: int, ranks: Ranks | None, metric: Metric | None = None) -> float:
         """Effective cost of candidate ``i`` at ``ranks``: dense or chain, as :meth:`keeps_dense` decides."""
         return self.dense_cost(i, metric) if self.keeps_dense(i, ranks) else self.chain_cost(i, ranks, metric)
 
-    def total(self, ranks: Sequence[Ranks], metric: Metric | None = None) -> float:
-        """Whole-model cost (fixed layers + effective cost of every candidate)."""
+    def total(self, ranks: Sequence[Ranks | None], metric: Metric | None = None) -> float:
+        """Whole-model cost (fixed layers + effective cost of every candidate; ``None``: held dense)."""
         return self.fixed_cost(metric) + sum(self.layer_cost(i, r, metric) for i, r in enumerate(ranks))
-
-    def chain_total(self, ranks: Sequence[Ranks], metric: Metric | None = None) -> float:
-        """Whole-model cost with every candidate factorised at ``ranks`` (no keep-dense)."""
-        return self.fixed_cost(metric) + sum(self.chain_cost(i, r, metric) for i, r in enumerate(ranks))
 
     def least_total(self, metric: Metric | None = None) -> float:
         """A lower bound on the whole-model cost of any ranks: what the feasibility checks compare with.
@@ -302,7 +309,7 @@ class RankProblem:
             )
         return limit
 
-    def to_plan(self, ranks: Sequence[Ranks], method: str, budget: Budget | None, options: dict,
+    def to_plan(self, ranks: Sequence[Ranks | None], method: str, budget: Budget | None, options: dict,
                 keep: Sequence[bool] | None = None) -> RankPlan:
         """A :class:`RankPlan`; layers that stay dense (``keeps_dense``, or ``keep[i]``) get ``ranks=None``.
 

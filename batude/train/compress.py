@@ -72,7 +72,7 @@ def _learn_ranks(run: Run, model: nn.Module, budget: Budget, cfg: CompressConfig
 
     hooks = {
         "extra_loss": admm.penalty, "after_step": after_step,
-        "epoch_info": lambda: {"ranks": {c.name: list(r) for c, r in zip(admm.problem.candidates, admm.ranks)},
+        "epoch_info": lambda: {"ranks": {c.name: None if r is None else list(r) for c, r in zip(admm.problem.candidates, admm.ranks)},
                                "budget_used": admm.cost() / admm.limit, "rho": admm.rho},
         "state": lambda: {"bcadl": admm.state_dict()},
         "load": load,

@@ -324,3 +324,30 @@ def test_a_table_slower_at_minimum_ranks_is_checked_against_its_true_floor():
     assert _predicted(plan) <= 0.5 * (floor + at_minimum) + 1e-9
     with pytest.raises(BatudeError, match="infeasible"):  # below the floor nothing can help
         select_ranks(model, f"latency:{0.99 * floor:.6f}ms", "uniform", input_shape=(1, 1, 28, 28), latency=lut)
+
+
+def test_layers_are_held_dense_where_ranks_alone_cannot_meet_a_latency_budget_and_a_flops_limit(tmp_path):
+    # batch 1: launches dominate, so every chain is slower than its dense layer, and a 1.5x MACs limit
+    # forces chains somewhere; removing rank steps alone gets no closer than 1.73x the dense time
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1).eval()
+    lut = synthetic_table(model, (1, 28, 28), points=3, multiple_of=8, batch=1)
+    budget = f"latency:{1.3 * lut.model_ms:.6f}ms"
+    admm = BCADL(model, budget, BCADLConfig(period=1, multiple_of=8), input_shape=(1, 1, 28, 28), latency=lut, also=["1.5x"])
+    held = [c.name for c, r in zip(admm.problem.candidates, admm.ranks) if r is None]
+    assert held and all(lut.dense_ms(n) < min(lut.factorised_ms(n, r)[1] for r in grid_points(lut.grid(n))) for n in held)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):  # Z-steps with layers held dense: their Z is thresholded at full rank
+        (model(torch.randn(4, 1, 28, 28)).square().mean() + admm.penalty()).backward()
+        opt.step(), opt.zero_grad(), admm.step()
+    plan = admm.plan()
+    assert _predicted(plan) <= 1.3 * lut.model_ms + 1e-9 and plan.macs_reduction >= 1.5
+    held_last = [c.name for c, r in zip(admm.problem.candidates, admm.ranks) if r is None]  # the last Z-step's
+    assert held_last and all(plan.layer(n).ranks is None for n in held_last)
+    # the state round-trips with held layers (None ranks)
+    other = BCADL(model, budget, BCADLConfig(period=1, multiple_of=8), input_shape=(1, 1, 28, 28), latency=lut, also=["1.5x"])
+    other.load_state_dict(admm.state_dict())
+    assert other.ranks == admm.ranks and other.plan().to_dict()["layers"] == plan.to_dict()["layers"]
+    with pytest.raises(BatudeError, match="gets no closer than .* ms"):  # and below what holding layers can reach
+        BCADL(model, f"latency:{1.0 * lut.model_ms:.6f}ms", BCADLConfig(multiple_of=8), input_shape=(1, 1, 28, 28),
+              latency=lut, also=["1.5x"])
