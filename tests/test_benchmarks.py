@@ -125,6 +125,19 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     assert rows["batude"]["predicted_ms_now"] == pytest.approx(rows["batude"]["predicted_ms_then"])  # same seeded weights
     assert all(r["macs_reduction"] >= 2.52 for r in rows.values())
 
+    # and the greedy rule's hold settings on that table (value kept, plan predictions; nothing measured)
+    held = _script("held_dense")
+    assert held.main(["--lut", str(tmp_path / "lut_b2.json"), "--input", "3,32,32", "--budgets", "1.0,3.0",
+                      "--also", "2.52x", "--out", str(tmp_path / "held")]) == 0
+    rows = json.loads((tmp_path / "held" / "held_dense.json").read_text())["rows"]
+    assert [(r["factor"], r["hold"]) for r in rows] == [(f, h) for f in (1.0, 3.0) for h in ("auto", "to-fit", "never")]
+    for r in (r for r in rows if r["feasible"]):
+        assert r["predicted_ms"] <= r["factor"] * r["dense_ms"] * (1 + 1e-9) and r["macs_reduction"] >= 2.52
+        assert 0 < r["value_per_layer"] <= 1 + 1e-9  # joint score: a product of kept fractions per layer
+    loose = {r["hold"]: r for r in rows if r["factor"] == 3.0}
+    assert all(r["feasible"] for r in loose.values())  # 3x the dense time: every setting meets it
+    assert loose["auto"]["value_per_layer"] >= loose["never"]["value_per_layer"] - 1e-12  # holds only where they keep more
+
 
 def test_latency_aware_table_from_a_saved_report_measures_nothing(capsys):
     bench = _script("latency_aware")

@@ -24,20 +24,26 @@ Extra limits (``also``: e.g. a latency cap on a MACs budget) are met after the b
 rule with cost saved measured in that limit's metric. Ties break by layer order then mode, so the
 rule is deterministic. The result meets the budget (and every extra limit) or raises.
 
-3. (design, this project's) where removing steps cannot meet every limit, layers are *kept dense*
+3. (design, this project's) where removing steps cannot meet every limit, layers are *held dense*
    one at a time: a layer whose dense form is cheaper than its chain in some limited metric (on a
    GPU at batch 1 most chains are slower than the dense conv; under a MACs limit the rule above
-   never gives them up) is held dense, costed dense, and the rule reruns for the others. Each
-   round holds dense the layer whose rerun meets the limits losing the least gain; while none
-   does, the one leaving the least excess; it stops (infeasible) when no layer brings the plan
-   closer. Plans the rule meets without this are unchanged. Layers held dense come back as
-   ``None`` (:meth:`RankProblem.keeps_dense`).
+   never gives them up) is costed dense and left alone, and the rule reruns for the others. Each
+   round holds the layer whose rerun leaves the least excess, or once the limits hold, keeps the
+   most value; it stops when no layer improves on that (infeasible if the limits still fail).
+   Where a limit is in latency the rounds go on while they keep more value: there, the Z-step's
+   view (every chain at chain cost) spends the budget on chains the plan would drop for their
+   dense layers anyway (BENCHMARKS.md, "Holding layers dense": more value kept at the same
+   budget, measured by ``benchmarks/held_dense.py``). MACs and params plans change only where
+   they would otherwise fail. Layers held dense come back as ``None``
+   (:meth:`RankProblem.keeps_dense`). ``hold`` selects: ``"auto"`` (this), ``"to-fit"`` (only
+   while the limits fail), ``"never"`` (steps 1-2 alone).
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -47,9 +53,10 @@ from batude.errors import BatudeError
 from batude.rank.budget import Metric
 from batude.rank.problem import Limit, RankProblem
 
-__all__ = ["Score", "kept_gain", "step_value", "budgeted_ranks", "enforce_limits", "fill_to_budget"]
+__all__ = ["HOLD", "Score", "kept_gain", "kept_value", "step_value", "budgeted_ranks", "enforce_limits", "fill_to_budget"]
 
 Ranks = tuple[int, ...]
+HOLD = ("auto", "to-fit", "never")  # when the rule holds layers dense (step 3)
 StepScore = Callable[[int, int, int, int, Ranks], float]  # (candidate, mode, current, next, its ranks) -> priority
 
 
@@ -104,6 +111,16 @@ class _Gains:
         prefix = self.prefix[i][mode]
         return prefix[min(hi, len(prefix) - 1)] - prefix[min(lo, len(prefix) - 1)]
 
+    def value(self, i: int, ranks: Ranks, score: Score) -> float:
+        """What layer ``i`` keeps at ``ranks``, in the score's units: the sum over its unfoldings of
+        the kept gain (normalised: kept fraction), or for a joint score the product of the fractions."""
+        kept = [self._kept(i, mode, 0, r) / (self.energy[i][mode] if score.normalised else 1.0)
+                for mode, r in enumerate(ranks)]
+        return math.prod(kept) if score.joint else sum(kept)
+
+    def kept(self, problem: RankProblem, ranks: Sequence[Ranks | None], score: Score) -> float:
+        return sum(self.value(i, r or problem.candidates[i].full_ranks, score) for i, r in enumerate(ranks))
+
     def step(self, i: int, ranks: Ranks, mode: int, lo: int, hi: int, score: Score) -> float:
         value = self._kept(i, mode, lo, hi)
         if score.normalised:
@@ -123,6 +140,12 @@ def kept_gain(sigma: torch.Tensor, threshold: float, start: int, stop: int) -> f
     return float((sigma[start:stop] - threshold).clamp_min(0.0).square().sum())
 
 
+def kept_value(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ranks | None], score: Score | str) -> float:
+    """What ``ranks`` keep, summed over the candidates in the score's units (:meth:`_Gains.value`;
+    a layer held dense, ``None``, keeps its full ranks): the quantity the greedy rule trades for cost."""
+    return _Gains(spectra, thresholds).kept(problem, ranks, Score(score))
+
+
 def _start_ranks(problem: RankProblem, spectra, thresholds) -> list[Ranks]:
     ranks = []
     for cand, sig, thr in zip(problem.candidates, spectra, thresholds):
@@ -137,6 +160,7 @@ def budgeted_ranks(
     limit: float,
     score: Score | str = Score.GAIN_PER_COST,
     also: Sequence[Limit] = (),
+    hold: str = "auto",
 ) -> list[Ranks | None]:
     """Ranks per candidate (per mode) that fit ``limit`` (and ``also``) under the greedy rule above.
 
@@ -145,20 +169,26 @@ def budgeted_ranks(
         thresholds: ``thresholds[l][n]``: the soft threshold ``t`` of that unfolding.
         limit: largest allowed whole-model cost (problem's metric).
         also: further limits, in any metric the problem can cost.
+        hold: when step 3 holds layers dense: ``"auto"``, ``"to-fit"`` or ``"never"`` (module docs).
 
-    Layers held dense (step 3 of the rule) come back as ``None``.
+    Layers held dense come back as ``None``.
     """
+    if hold not in HOLD:
+        raise BatudeError(f"hold must be one of {HOLD}, got {hold!r}")
     score = Score(score)
     limits = [(problem.metric, limit)] + [(extra.metric, extra.value) for extra in also]
     gains, start = _Gains(spectra, thresholds), _start_ranks(problem, spectra, thresholds)
+    improve = hold == "auto" and Metric.LATENCY in problem.limited  # see step 3
     best = _allocate(problem, gains, start, limits, score, frozenset())
-    while best.excess > 0:
+    while hold != "never" and (best.excess > 0 or improve):
         trials = [_allocate(problem, gains, start, limits, score, best.dense | {i}) for i in _cheaper_dense(problem, best)]
-        closer = min(trials, key=lambda a: (a.excess > 0, a.excess if a.excess > 0 else a.lost), default=None)
-        if closer is None or closer.excess >= best.excess:
-            reached = ", ".join(f"{_total(problem, best.ranks, m):.4g} {m.unit} (allowed {v:.4g})" for m, v in limits)
-            raise BatudeError(f"budget infeasible: the greedy rule gets no closer than {reached}; loosen the budget")
-        best = closer
+        better = min(trials, key=_Allocation.order, default=None)
+        if better is None or better.order() >= best.order():
+            break
+        best = better
+    if best.excess > 0:
+        reached = ", ".join(f"{_total(problem, best.ranks, m):.4g} {m.unit} (allowed {v:.4g})" for m, v in limits)
+        raise BatudeError(f"budget infeasible: the greedy rule gets no closer than {reached}; loosen the budget")
     return best.ranks
 
 
@@ -166,11 +196,15 @@ def budgeted_ranks(
 class _Allocation:
     ranks: list[Ranks | None]  # None: held dense
     excess: float  # sum over limits of the relative overrun; 0 when every limit holds
-    lost: float  # gain removed (the score's value, summed over the steps taken)
+    kept: float  # the value the ranks keep (:meth:`_Gains.value`)
 
     @property
     def dense(self) -> frozenset[int]:
         return frozenset(i for i, r in enumerate(self.ranks) if r is None)
+
+    def order(self) -> tuple[bool, float]:
+        """Smaller is better: meeting the limits first, then less excess, or more value kept."""
+        return (self.excess > 0, self.excess if self.excess > 0 else -self.kept)
 
 
 def _allocate(problem: RankProblem, gains: _Gains, start: Sequence[Ranks], limits: Sequence[tuple[Metric, float]],
@@ -178,10 +212,10 @@ def _allocate(problem: RankProblem, gains: _Gains, start: Sequence[Ranks], limit
     """Steps 1-2 of the rule from ``start`` with the layers in ``dense`` held dense: the budget, each
     extra limit, the budget again."""
     ranks: list[Ranks | None] = [None if i in dense else r for i, r in enumerate(start)]
-    lost = sum(_remove_until(problem, gains, ranks, metric, value, score)
-               for metric, value in [*limits, limits[0]])  # a later limit can, in principle, undo the budget
+    for metric, value in [*limits, limits[0]]:  # a later limit can, in principle, undo the budget
+        _remove_until(problem, gains, ranks, metric, value, score)
     excess = sum(max(_total(problem, ranks, metric) / value - 1.0, 0.0) for metric, value in limits)
-    return _Allocation(ranks, excess, lost)
+    return _Allocation(ranks, excess, gains.kept(problem, ranks, score))
 
 
 def _cost(problem: RankProblem, i: int, ranks: Ranks | None, metric: Metric) -> float:
@@ -216,9 +250,9 @@ def enforce_limits(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ra
 
 
 def _remove_until(problem: RankProblem, gains: _Gains, ranks: list[Ranks | None], metric: Metric, limit: float,
-                  score: Score, effective: bool = False) -> float:
+                  score: Score, effective: bool = False) -> None:
     """Remove grid steps, least value per ``metric`` saved first, until the total fits ``limit`` or
-    no step is left; returns the value removed. Layers held dense (``None``) are left alone.
+    no step is left. Layers held dense (``None``) are left alone.
 
     Chain totals (every candidate factorised unless held dense; the Z-step's view), or with
     ``effective`` the totals of the plan the ranks describe (layers kept dense where
@@ -229,8 +263,7 @@ def _remove_until(problem: RankProblem, gains: _Gains, ranks: list[Ranks | None]
 
     total = problem.fixed_cost(metric) + sum(cost(i, r, metric) for i, r in enumerate(ranks))
     version = [0] * len(ranks)
-    heap: list[tuple[float, int, int, int, float]] = []
-    lost = 0.0
+    heap: list[tuple[float, int, int, int]] = []
 
     def push(i: int) -> None:
         if ranks[i] is None:
@@ -244,12 +277,12 @@ def _remove_until(problem: RankProblem, gains: _Gains, ranks: list[Ranks | None]
             saved = cost(i, ranks[i], metric) - cost(i, trial, metric)
             value = gains.step(i, ranks[i], mode, lower[-1], current, score)
             key = value if not score.per_cost else (value / saved if saved > 0 else float("inf"))
-            heapq.heappush(heap, (key, i, mode, version[i], value))
+            heapq.heappush(heap, (key, i, mode, version[i]))
 
     for i in range(len(ranks)):
         push(i)
     while total > limit and heap:
-        _, i, mode, ver, value = heapq.heappop(heap)
+        _, i, mode, ver = heapq.heappop(heap)
         if ver != version[i]:
             continue  # stale: the layer changed since this entry was scored
         grid = problem.candidates[i].grids[mode]
@@ -257,10 +290,8 @@ def _remove_until(problem: RankProblem, gains: _Gains, ranks: list[Ranks | None]
         trial = ranks[i][:mode] + (new,) + ranks[i][mode + 1:]
         total += cost(i, trial, metric) - cost(i, ranks[i], metric)
         ranks[i] = trial
-        lost += value
         version[i] += 1
         push(i)
-    return lost
 
 
 def fill_to_budget(problem: RankProblem, ranks: Sequence[Ranks | None], limit: float, score: StepScore,

@@ -20,6 +20,7 @@ from batude.rank import select_ranks
 from batude.rank.bcadl import BCADL, BCADLConfig
 from batude.rank.budget import Budget, BudgetKind, Metric
 from batude.rank.filter import LayerFilter
+from batude.rank.greedy import budgeted_ranks, kept_value
 from batude.rank.latency import fastest_plan, grid_points, oracle_share
 from batude.rank.plan import RankPlan
 from batude.rank.problem import RankProblem, SelectorConfig
@@ -336,6 +337,16 @@ def test_layers_are_held_dense_where_ranks_alone_cannot_meet_a_latency_budget_an
     admm = BCADL(model, budget, BCADLConfig(period=1, multiple_of=8), input_shape=(1, 1, 28, 28), latency=lut, also=["1.5x"])
     held = [c.name for c, r in zip(admm.problem.candidates, admm.ranks) if r is None]
     assert held and all(lut.dense_ms(n) < min(lut.factorised_ms(n, r)[1] for r in grid_points(lut.grid(n))) for n in held)
+    # the rule's settings: rank steps alone fail; holding only to fit keeps no more than the default
+    spectra, thresholds = [[sp.sigma for sp in s] for s in admm.splits], admm.last_thresholds
+    args = (admm.problem, spectra, thresholds, admm.limit, admm.config.score, admm.extra_limits)
+    with pytest.raises(BatudeError, match="gets no closer than"):
+        budgeted_ranks(*args, hold="never")
+    to_fit = budgeted_ranks(*args, hold="to-fit")
+    assert None in to_fit and budgeted_ranks(*args) == admm.ranks
+    assert kept_value(*args[:3], admm.ranks, admm.config.score) >= kept_value(*args[:3], to_fit, admm.config.score)
+    with pytest.raises(BatudeError, match="hold must be one of"):
+        budgeted_ranks(*args, hold="sometimes")
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     for _ in range(2):  # Z-steps with layers held dense: their Z is thresholded at full rank
         (model(torch.randn(4, 1, 28, 28)).square().mean() + admm.penalty()).backward()
