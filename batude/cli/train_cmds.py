@@ -24,7 +24,7 @@ from batude.errors import BatudeError
 from batude.models.registry import ArchRef
 from batude.nn.profile import flop_counter_macs
 from batude.rank.bcadl import BCADLConfig
-from batude.rank.greedy import Score
+from batude.rank.greedy import HOLD, Score
 from batude.train import CompressConfig, CompressMethod, TrainConfig, compress, train_model
 from batude.train.config import COMPILE_MODES
 from batude.train.distributed import World, distributed_session
@@ -94,7 +94,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _compress_config(args: argparse.Namespace) -> CompressConfig:
     sel = selector_config(args)
     bcadl = BCADLConfig(rho0=args.rho0, rho_growth=args.rho_growth, rho_max=args.rho_max, lam=args.lam,
-                        min_rank=sel.min_rank, multiple_of=sel.multiple_of, layer_filter=sel.layer_filter, score=Score(args.score))
+                        min_rank=sel.min_rank, multiple_of=sel.multiple_of, layer_filter=sel.layer_filter, score=Score(args.score),
+                        hold=args.hold)
     return CompressConfig(method=args.method, epochs_admm=args.epochs_admm, epochs_ft=args.epochs_ft, lr_admm=args.lr_admm,
                           lr_ft=args.lr_ft, updates_per_epoch=args.updates_per_epoch, bcadl=bcadl, kd=args.kd,
                           hooi_iters=args.hooi_iters, train=_train_config(args, args.epochs_admm + args.epochs_ft, args.lr_ft))
@@ -168,6 +169,9 @@ def register(sub) -> None:
     p.add_argument("--lam", type=float, default=1e-4, help="nuclear-norm weight lambda")
     p.add_argument("--updates-per-epoch", type=int, default=1, help="BC-ADL Z/U updates per epoch")
     p.add_argument("--score", choices=[s.value for s in Score], default=Score.JOINT_PER_COST.value, help="greedy rule's removal score")
+    p.add_argument("--hold", choices=HOLD, default="auto",
+                   help="when the greedy rule holds layers dense: auto (to meet the limits, and with a latency limit "
+                        "while it keeps more value), to-fit (only to meet them), never (rank steps alone, the paper's rule)")
     p.add_argument("--hooi-iters", type=non_negative_int, default=0, help="HOOI iterations after the SVD init (default 0)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     add_data_args(p)

@@ -32,7 +32,7 @@ from batude.functional.cost import LayerKind
 from batude.functional.tucker import fold, svt, unfold
 from batude.rank.budget import Budget
 from batude.rank.filter import LayerFilter
-from batude.rank.greedy import Score, budgeted_ranks, enforce_limits, fill_to_budget, step_value
+from batude.rank.greedy import HOLD, Score, budgeted_ranks, enforce_limits, fill_to_budget, step_value
 from batude.rank.latency import LatencyModel
 from batude.rank.plan import RankPlan
 from batude.rank.problem import RankProblem, SelectorConfig
@@ -50,7 +50,7 @@ class BCADLConfig:
     lam: nuclear-norm weight lambda; alpha: (alpha_1, alpha_2) for the output/input unfoldings of a
     kxk conv (1x1 convs and Linears use alpha=1). period: optimizer steps between Z/U updates.
     min_rank, multiple_of, layer_filter: as for the training-free selectors. score: the greedy rule's
-    removal score.
+    removal score. hold: when that rule holds layers dense (:func:`batude.rank.greedy.budgeted_ranks`).
     """
 
     rho0: float = 1e-3
@@ -63,6 +63,7 @@ class BCADLConfig:
     multiple_of: int | None = None
     layer_filter: LayerFilter | None = None
     score: Score = Score.JOINT_PER_COST
+    hold: str = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -77,6 +78,7 @@ class BCADLConfig:
             (self.lam >= 0, f"lam must be >= 0, got {self.lam}"),
             (len(self.alpha) == 2 and min(self.alpha) >= 0, f"alpha must be two non-negative weights, got {self.alpha}"),
             (int(self.period) >= 1, f"period must be >= 1 step, got {self.period}"),
+            (self.hold in HOLD, f"hold must be one of {', '.join(HOLD)}, got {self.hold!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -90,7 +92,7 @@ class BCADLConfig:
         return {
             "rho0": self.rho0, "rho_growth": self.rho_growth, "rho_max": self.rho_max, "lam": self.lam,
             "alpha": list(self.alpha), "period": self.period, "min_rank": self.min_rank,
-            "multiple_of": self.multiple_of, "score": self.score.value,
+            "multiple_of": self.multiple_of, "score": self.score.value, "hold": self.hold,
             "layer_filter": (self.layer_filter or LayerFilter()).to_dict(),
         }
 
@@ -194,7 +196,8 @@ class BCADL:
         thresholds = self.thresholds()
         self.last_thresholds = thresholds  # the spectra below were thresholded at these
         spectra = [[sp.sigma for sp in splits] for splits in self.splits]
-        self.ranks = budgeted_ranks(self.problem, spectra, thresholds, self.limit, self.config.score, self.extra_limits)
+        self.ranks = budgeted_ranks(self.problem, spectra, thresholds, self.limit, self.config.score, self.extra_limits,
+                                     self.config.hold)
         for cand, splits, per, ranks, thr in zip(self.problem.candidates, self.splits, factors, self.ranks, thresholds):
             for sp, (p, s, qh), r, t in zip(splits, per, ranks or cand.full_ranks, thr):  # held dense: thresholded only
                 sp.z = svt(p, s, qh, r, t).to(sp.z.dtype)

@@ -174,12 +174,22 @@ def test_infeasible_budget_fails_before_training():
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"rho0": 0}, "rho0"), ({"rho_growth": 0.5}, "rho_growth"), ({"period": 0}, "period"),
-     ({"lam": -1}, "lam"), ({"alpha": (1.0,)}, "alpha"), ({"multiple_of": 0}, "multiple_of")],
-    ids=["rho0", "growth", "period", "lam", "alpha", "multiple"],
+     ({"lam": -1}, "lam"), ({"alpha": (1.0,)}, "alpha"), ({"multiple_of": 0}, "multiple_of"),
+     ({"hold": "sometimes"}, "hold must be one of auto, to-fit, never")],
+    ids=["rho0", "growth", "period", "lam", "alpha", "multiple", "hold"],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(BatudeError, match=match):
         BCADLConfig(**kwargs)
+
+
+def test_hold_setting_is_recorded_and_records_from_before_it_read_as_never():
+    from batude.train import CompressConfig
+
+    record = CompressConfig(bcadl=BCADLConfig(hold="to-fit")).to_dict()
+    assert CompressConfig.from_dict(record).bcadl.hold == "to-fit"
+    del record["bcadl"]["hold"]  # saved before the option: those runs' rule held nothing dense
+    assert CompressConfig.from_dict(record).bcadl.hold == "never"
 
 
 def test_multiple_of_respected():
