@@ -121,8 +121,10 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     assert bench.main(["--replan", str(tmp_path), "--out", str(tmp_path / "replan")]) == 0
     rows = {r["plan"]: r for r in json.loads((tmp_path / "replan" / "replan.json").read_text())["rows"]}
     assert set(rows) == {"batude", "batude-latency", "oracle"}
-    assert rows["oracle"]["predicted_ms_now"] == pytest.approx(rows["oracle"]["predicted_ms_then"])  # same table, same oracle
-    assert rows["batude"]["predicted_ms_now"] == pytest.approx(rows["batude"]["predicted_ms_then"])  # same seeded weights
+    # replanned by the code that planned them: the replan rebuilds the run's model, seeded weights, table and
+    # FLOPs budget from the saved files, or these differ
+    assert rows["oracle"]["predicted_ms_now"] == pytest.approx(rows["oracle"]["predicted_ms_then"])
+    assert rows["batude"]["predicted_ms_now"] == pytest.approx(rows["batude"]["predicted_ms_then"])
     assert all(r["macs_reduction"] >= 2.52 for r in rows.values())
 
     # and the greedy rule's hold settings on that table (value kept, plan predictions; nothing measured)
@@ -135,8 +137,7 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
         assert r["predicted_ms"] <= r["factor"] * r["dense_ms"] * (1 + 1e-9) and r["macs_reduction"] >= 2.52
         assert 0 < r["value_per_layer"] <= 1 + 1e-9  # joint score: a product of kept fractions per layer
     loose = {r["hold"]: r for r in rows if r["factor"] == 3.0}
-    assert all(r["feasible"] for r in loose.values())  # 3x the dense time: every setting meets it
-    assert loose["auto"]["value_per_layer"] >= loose["never"]["value_per_layer"] - 1e-12  # holds only where they keep more
+    assert all(r["feasible"] for r in loose.values()) and loose["never"]["held"] == 0  # 3x the dense time: all meet it
 
 
 def test_latency_aware_table_from_a_saved_report_measures_nothing(capsys):

@@ -226,7 +226,8 @@ class BCADL:
 
     def cost(self) -> float:
         """Whole-model cost of the current Z ranks, in the budget's metric, as a plan of them would
-        cost before slack is filled (layers at full ranks, or whose chains are no cheaper, dense)."""
+        cost before slack is filled: layers held dense (``None``) or whose chains are no cheaper
+        count dense (before 2026-11-27 the history's ``budget_used`` counted every chain)."""
         return self.problem.total(self.ranks)
 
     def plan(self, method: str = "batude") -> RankPlan:

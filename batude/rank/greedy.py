@@ -99,17 +99,23 @@ def step_value(spectra, thresholds, ranks: Ranks, mode: int, lo: int, hi: int, s
 
 
 class _Gains:
-    """:func:`step_value` from prefix sums of each unfolding's gains (the greedy rule asks for
-    hundreds of thousands of them when it holds layers dense)."""
+    """:func:`step_value` from running sums of each unfolding's gains (the greedy rule asks for
+    hundreds of thousands of them when it holds layers dense): a step's gain from suffix sums,
+    exact for the small gains of a spectrum's tail; the gain kept from ``0`` from prefix sums."""
 
     def __init__(self, spectra, thresholds) -> None:
-        self.prefix = [[[0.0] + (s.double() - t).clamp_min(0.0).square().cumsum(0).tolist() for s, t in zip(ss, tt)]
-                       for ss, tt in zip(spectra, thresholds)]
+        gains = [[(s.double() - t).clamp_min(0.0).square() for s, t in zip(ss, tt)] for ss, tt in zip(spectra, thresholds)]
+        self.prefix = [[[0.0] + g.cumsum(0).tolist() for g in gg] for gg in gains]
+        self.suffix = [[g.flip(0).cumsum(0).flip(0).tolist() + [0.0] for g in gg] for gg in gains]
         self.energy = [[_energy(s) for s in ss] for ss in spectra]
 
     def _kept(self, i: int, mode: int, lo: int, hi: int) -> float:
-        prefix = self.prefix[i][mode]
-        return prefix[min(hi, len(prefix) - 1)] - prefix[min(lo, len(prefix) - 1)]
+        """Gain of triplets ``lo..hi-1`` (indices past the spectrum count as 0, as slicing does)."""
+        if lo == 0:
+            prefix = self.prefix[i][mode]
+            return prefix[min(hi, len(prefix) - 1)]
+        suffix = self.suffix[i][mode]
+        return suffix[min(lo, len(suffix) - 1)] - suffix[min(hi, len(suffix) - 1)]
 
     def value(self, i: int, ranks: Ranks, score: Score) -> float:
         """What layer ``i`` keeps at ``ranks``, in the score's units: the sum over its unfoldings of
@@ -178,10 +184,11 @@ def budgeted_ranks(
     score = Score(score)
     limits = [(problem.metric, limit)] + [(extra.metric, extra.value) for extra in also]
     gains, start = _Gains(spectra, thresholds), _start_ranks(problem, spectra, thresholds)
-    improve = hold == "auto" and Metric.LATENCY in problem.limited  # see step 3
+    improve = hold == "auto" and any(metric is Metric.LATENCY for metric, _ in limits)  # see step 3
     best = _allocate(problem, gains, start, limits, score, frozenset())
     while hold != "never" and (best.excess > 0 or improve):
-        trials = [_allocate(problem, gains, start, limits, score, best.dense | {i}) for i in _cheaper_dense(problem, best)]
+        trials = [_allocate(problem, gains, start, limits, score, best.dense | {i})
+                  for i in _cheaper_dense(problem, best, [metric for metric, _ in limits])]
         better = min(trials, key=_Allocation.order, default=None)
         if better is None or better.order() >= best.order():
             break
@@ -214,7 +221,8 @@ def _allocate(problem: RankProblem, gains: _Gains, start: Sequence[Ranks], limit
     ranks: list[Ranks | None] = [None if i in dense else r for i, r in enumerate(start)]
     for metric, value in [*limits, limits[0]]:  # a later limit can, in principle, undo the budget
         _remove_until(problem, gains, ranks, metric, value, score)
-    excess = sum(max(_total(problem, ranks, metric) / value - 1.0, 0.0) for metric, value in limits)
+    # relative overrun per limit; below 1e-12 it is the rounding of re-summing what _remove_until met
+    excess = sum(over for over in (_total(problem, ranks, metric) / value - 1.0 for metric, value in limits) if over > 1e-12)
     return _Allocation(ranks, excess, gains.kept(problem, ranks, score))
 
 
@@ -227,10 +235,10 @@ def _total(problem: RankProblem, ranks: Sequence[Ranks | None], metric: Metric) 
     return problem.fixed_cost(metric) + sum(_cost(problem, i, r, metric) for i, r in enumerate(ranks))
 
 
-def _cheaper_dense(problem: RankProblem, alloc: _Allocation) -> list[int]:
-    """Layers not held dense whose dense form costs less than their chain in some limited metric."""
+def _cheaper_dense(problem: RankProblem, alloc: _Allocation, metrics: Sequence[Metric]) -> list[int]:
+    """Layers not held dense whose dense form costs less than their chain in one of ``metrics``."""
     return [i for i, r in enumerate(alloc.ranks)
-            if r is not None and any(problem.dense_cost(i, m) < problem.chain_cost(i, r, m) for m in problem.limited)]
+            if r is not None and any(problem.dense_cost(i, m) < problem.chain_cost(i, r, m) for m in metrics)]
 
 
 def enforce_limits(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ranks | None], limits: Sequence[Limit],

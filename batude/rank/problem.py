@@ -294,7 +294,7 @@ class RankProblem:
             out.append(limit)
         return out
 
-    def fits(self, ranks: Sequence[Ranks], limits: Sequence[Limit]) -> bool:
+    def fits(self, ranks: Sequence[Ranks | None], limits: Sequence[Limit]) -> bool:
         return all(self.total(ranks, limit.metric) <= limit.value for limit in limits)
 
     def check_feasible(self, budget: Budget) -> float:

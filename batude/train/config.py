@@ -148,7 +148,7 @@ class CompressConfig:
             rho0=b["rho0"], rho_growth=b["rho_growth"], rho_max=b["rho_max"], lam=b["lam"], alpha=tuple(b["alpha"]),
             period=b["period"], min_rank=b["min_rank"], multiple_of=b["multiple_of"], score=Score(b["score"]),
             layer_filter=LayerFilter.from_dict(b["layer_filter"]),
-            hold=b.get("hold", "never"),  # configs saved before the option ran the rule without holds
+            hold=b.get("hold", "never"),  # recorded before 2026-11-27: runs of the rule without holds
         )
         simple = {k: v for k, v in d.items() if k not in ("bcadl", "train")}
         return cls(**simple, bcadl=bcadl, train=TrainConfig.from_dict(d["train"]))

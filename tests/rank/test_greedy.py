@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from batude.errors import BatudeError
-from batude.rank.greedy import budgeted_ranks, kept_gain
+from batude.rank.budget import Budget, Metric
+from batude.rank.greedy import HOLD, Score, _Gains, budgeted_ranks, enforce_limits, kept_gain, step_value
 from batude.rank.problem import RankProblem, SelectorConfig
 from batude.rank.filter import LayerFilter
 
@@ -115,3 +116,39 @@ def test_infeasible_raises():
     spectra, thresholds = _instance(problem, 1)
     with pytest.raises(BatudeError, match="infeasible"):
         budgeted_ranks(problem, spectra, thresholds, problem.fixed + 10)
+
+
+def test_running_sums_give_the_step_values_of_the_rule():
+    problem = _problem()
+    spectra, thresholds = _instance(problem, 5)
+    spectra[0][0] = torch.tensor([1000.0, 0.10001, 0.05, 0.0], dtype=torch.float64)  # a tail gain 1e-17 of the head's
+    thresholds[0][0] = 0.1
+    gains = _Gains(spectra, thresholds)
+    for score in Score:
+        for i, cand in enumerate(problem.candidates):
+            full = cand.full_ranks
+            for mode in range(len(full)):
+                for lo, hi in [(0, 1), (1, 2), (1, full[mode]), (2, full[mode] + 3), (full[mode], full[mode] + 1)]:
+                    expected = step_value(spectra[i], thresholds[i], full, mode, lo, hi, score)
+                    assert gains.step(i, full, mode, lo, hi, score) == pytest.approx(expected, rel=1e-9, abs=0)
+    assert gains.step(0, problem.candidates[0].full_ranks, 0, 1, 2, Score.GAIN) == pytest.approx(0.00001 ** 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_macs_and_params_budgets_hold_nothing_dense_where_steps_fit(seed):
+    problem = _problem()
+    spectra, thresholds = _instance(problem, seed)
+    limit = problem.dense_total / (1.5 + seed / 4)
+    ranks = {hold: budgeted_ranks(problem, spectra, thresholds, limit, hold=hold) for hold in HOLD}
+    assert ranks["auto"] == ranks["to-fit"] == ranks["never"] and None not in ranks["auto"]
+
+
+def test_enforce_limits_leaves_layers_held_dense_alone():
+    problem = _problem()
+    spectra, thresholds = _instance(problem, 2)
+    full = [c.full_ranks for c in problem.candidates]
+    start = [None, *full[1:]]  # the first layer held dense, the others at full rank (costed dense too)
+    limit = problem.limit_of(Budget.parse("1.1x"))
+    assert problem.total(start, Metric.MACS) > limit.value
+    ranks = enforce_limits(problem, spectra, thresholds, start, [limit])
+    assert ranks[0] is None and problem.total(ranks, Metric.MACS) <= limit.value
