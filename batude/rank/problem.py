@@ -9,7 +9,8 @@ further :class:`Limit` s ("``--also``"): e.g. 2.52x fewer MACs and not slower th
 faster and at least 2x fewer MACs. A layer whose chain would cost at least as much as the dense
 layer in every limited metric is kept dense, so with one limit each layer's *effective* cost is
 ``min(chain, dense)``; with several, a layer stays dense only where that is no worse in any of
-them (a chain that is slower but has fewer MACs is kept factorised under a MACs limit).
+them (a chain that is slower but has fewer MACs is kept factorised under a MACs limit), unless
+BC-ADL's greedy rule holds it dense (ranks ``None``; :func:`batude.rank.greedy.budgeted_ranks`).
 """
 
 from __future__ import annotations
