@@ -26,8 +26,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from batude.bench.env import environment
 from batude.bench.lut import LatencyTable
 from batude.checkpoint import load_model
@@ -48,18 +46,14 @@ def _args(argv=None):
 
 
 def _dense(model: str):
-    import torchvision
-
-    torch.manual_seed(0)
-    if ":" in model:
-        return load_model(model).model.eval()
-    return torchvision.models.get_model(model).eval()
+    """As ``latency_aware.py`` builds it: a checkpoint, or a reference built with seed 0."""
+    return load_model(model if ":" in model or Path(model).exists() else f"torchvision:{model}").model.eval()
 
 
 def rows_for(lut_path: str, model: str, shape, budgets: list[float], also: list[str]) -> list[dict]:
     lut = LatencyTable.load(lut_path)
     dense = _dense(model)
-    config = BCADLConfig(multiple_of={"float16": 16, "bfloat16": 16}.get(lut.key["dtype"], 8))
+    config = BCADLConfig()  # ranks aligned for the table's dtype (default_multiple)
     rows = []
     for factor in budgets:
         budget = f"latency:{factor * lut.model_ms:.6f}ms"

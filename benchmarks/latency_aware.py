@@ -94,7 +94,7 @@ def _args(argv=None):
     return args
 
 
-def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int):
+def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float):
     """BATUDE's fastest latency-budgeted plan with the FLOPs limit: budgets from the oracle's time / 0.99
     upwards by 1% to the first one met, 4 bisection steps between it and the last refused one, and
     3 more 1% steps; of the plans met, the one with the least predicted time (neither feasibility
@@ -104,7 +104,7 @@ def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int
     search starts no lower than the table's floor (each layer at its fastest form on the grid;
     below it every budget is refused up front).
     """
-    config = BCADLConfig(multiple_of=multiple)
+    config = BCADLConfig()  # ranks aligned for the table's dtype (default_multiple)
     problem = RankProblem.from_model(dense, shape, Metric.LATENCY, config.selector(), lut, [Metric.MACS])
     met = []
 
@@ -138,11 +138,10 @@ def _latency_plan(dense, shape, lut, flops: str, oracle_ms: float, multiple: int
 
 
 def _plans(dense, shape, lut, flops: str):
-    multiple = {"float16": 16, "bfloat16": 16}.get(lut.key["dtype"], 8)
     problem = RankProblem.from_model(dense, shape, Metric.MACS, SelectorConfig(multiple_of=1), lut)
     oracle = fastest_plan(problem, problem.limit_of(Budget.parse(flops)))
     started = time.perf_counter()
-    latency_plan, target = _latency_plan(dense, shape, lut, flops, oracle.latency["predicted_ms"], multiple)
+    latency_plan, target = _latency_plan(dense, shape, lut, flops, oracle.latency["predicted_ms"])
     plans = {
         "uniform": (select_ranks(dense, flops, "uniform", shape), "chain"),
         "batude": (BCADL(dense, flops, input_shape=shape, latency=lut).plan(), None),
@@ -281,13 +280,8 @@ def table(batches: list[dict]) -> str:
 
 
 def _dense(model: str):
-    """The dense model the plans are made for, with seeded random weights (BC-ADL's first Z-step reads them)."""
-    import torchvision
-
-    torch.manual_seed(0)
-    if ":" in model:  # batude:resnet20, torchvision:NAME, a checkpoint spec
-        return load_model(model).model.eval()
-    return torchvision.models.get_model(model).eval()
+    """The dense model the plans are made for: a checkpoint, or a reference built with seed 0 (BC-ADL's first Z-step reads its weights)."""
+    return load_model(model if ":" in model or Path(model).exists() else f"torchvision:{model}").model.eval()
 
 
 def replan(folder: str | Path) -> list[dict]:

@@ -32,7 +32,7 @@ from batude.functional.cost import LayerKind
 from batude.functional.tucker import fold, svt, unfold
 from batude.rank.budget import Budget
 from batude.rank.filter import LayerFilter
-from batude.rank.greedy import HOLD, Score, budgeted_ranks, enforce_limits, fill_to_budget, step_value
+from batude.rank.greedy import HOLD, Gains, Score, budgeted_ranks, enforce_limits, fill_to_budget
 from batude.rank.latency import LatencyModel
 from batude.rank.plan import RankPlan
 from batude.rank.problem import RankProblem, SelectorConfig
@@ -233,11 +233,12 @@ class BCADL:
     def plan(self, method: str = "batude") -> RankPlan:
         """The learned plan: the last Z-step's ranks, then slack filled by the best value per cost."""
         thresholds = self.last_thresholds
+        spectra = [[sp.sigma for sp in splits] for splits in self.splits]
+        gains = Gains(spectra, thresholds)
 
         def gain_per_cost(i: int, mode: int, cur: int, nxt: int, ranks: tuple[int, ...]) -> float:
-            spectra = [sp.sigma for sp in self.splits[i]]
-            tie = 1e-12 * float(spectra[mode][cur:nxt].sum())  # zero-gain steps: larger sigma first
-            value = step_value(spectra, thresholds[i], ranks, mode, cur, nxt, self.config.score) + tie
+            tie = 1e-12 * float(spectra[i][mode][cur:nxt].sum())  # zero-gain steps: larger sigma first
+            value = gains.step(i, ranks, mode, cur, nxt, self.config.score) + tie
             trial = ranks[:mode] + (nxt,) + ranks[mode + 1:]
             added = self.problem.layer_cost(i, trial) - self.problem.layer_cost(i, ranks)
             if not self.config.score.per_cost:
@@ -247,7 +248,6 @@ class BCADL:
         limits = [self.problem.limit_of(self.budget), *self.extra_limits]
         ranks = self.ranks
         if not self.problem.fits(ranks, limits):  # only where keep-dense adds cost in another metric
-            spectra = [[sp.sigma for sp in splits] for splits in self.splits]
             ranks = enforce_limits(self.problem, spectra, thresholds, ranks, limits, self.config.score)
         ranks = fill_to_budget(self.problem, ranks, self.limit, gain_per_cost, self.extra_limits)
         options = {"bcadl": self.config.to_dict(), "steps": self.steps, "updates": self.updates, "final_rho": self.rho}

@@ -53,7 +53,7 @@ from batude.errors import BatudeError
 from batude.rank.budget import Metric
 from batude.rank.problem import Limit, RankProblem
 
-__all__ = ["HOLD", "Score", "kept_gain", "kept_value", "step_value", "budgeted_ranks", "enforce_limits", "fill_to_budget"]
+__all__ = ["HOLD", "Gains", "Score", "kept_gain", "kept_value", "budgeted_ranks", "enforce_limits", "fill_to_budget"]
 
 Ranks = tuple[int, ...]
 HOLD = ("auto", "to-fit", "never")  # when the rule holds layers dense (step 3)
@@ -82,26 +82,11 @@ class Score(str, enum.Enum):
         return self.value.startswith("joint")
 
 
-def step_value(spectra, thresholds, ranks: Ranks, mode: int, lo: int, hi: int, score: Score) -> float:
-    """Value of triplets ``lo..hi-1`` of unfolding ``mode`` of one layer at ``ranks`` (before cost).
-
-    Raw: their gain ``sum max(s_i - t, 0)^2``. Normalised: divided by the unfolding's energy
-    ``sum s_i^2`` (a conv followed by BatchNorm has an arbitrary weight scale, so raw gains do not
-    compare across layers). Joint: also times the other unfolding's kept fraction.
-    """
-    value = kept_gain(spectra[mode], thresholds[mode], lo, hi)
-    if score.normalised:
-        value /= _energy(spectra[mode])
-    if score.joint and len(ranks) == 2:
-        other = 1 - mode
-        value *= kept_gain(spectra[other], thresholds[other], 0, ranks[other]) / _energy(spectra[other])
-    return value
-
-
-class _Gains:
-    """:func:`step_value` from running sums of each unfolding's gains (the greedy rule asks for
-    hundreds of thousands of them when it holds layers dense): a step's gain from suffix sums,
-    exact for the small gains of a spectrum's tail; the gain kept from ``0`` from prefix sums."""
+class Gains:
+    """The gains of every candidate's unfoldings (``spectra[l][n]``, thresholds ``thresholds[l][n]``)
+    as running sums: the greedy rule asks for hundreds of thousands of step values when it holds
+    layers dense. A step's gain comes from suffix sums, exact for the small gains of a spectrum's
+    tail; the gain kept from triplet 0 from prefix sums."""
 
     def __init__(self, spectra, thresholds) -> None:
         gains = [[(s.double() - t).clamp_min(0.0).square() for s, t in zip(ss, tt)] for ss, tt in zip(spectra, thresholds)]
@@ -128,6 +113,12 @@ class _Gains:
         return sum(self.value(i, r or problem.candidates[i].full_ranks, score) for i, r in enumerate(ranks))
 
     def step(self, i: int, ranks: Ranks, mode: int, lo: int, hi: int, score: Score) -> float:
+        """Value of triplets ``lo..hi-1`` of unfolding ``mode`` of layer ``i`` at ``ranks`` (before cost).
+
+        Raw: their gain ``sum max(s_j - t, 0)^2``. Normalised: divided by the unfolding's energy
+        ``sum s_j^2`` (a conv followed by BatchNorm has an arbitrary weight scale, so raw gains do
+        not compare across layers). Joint: also times the other unfolding's kept fraction.
+        """
         value = self._kept(i, mode, lo, hi)
         if score.normalised:
             value /= self.energy[i][mode]
@@ -147,9 +138,9 @@ def kept_gain(sigma: torch.Tensor, threshold: float, start: int, stop: int) -> f
 
 
 def kept_value(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ranks | None], score: Score | str) -> float:
-    """What ``ranks`` keep, summed over the candidates in the score's units (:meth:`_Gains.value`;
+    """What ``ranks`` keep, summed over the candidates in the score's units (:meth:`Gains.value`;
     a layer held dense, ``None``, keeps its full ranks): the quantity the greedy rule trades for cost."""
-    return _Gains(spectra, thresholds).kept(problem, ranks, Score(score))
+    return Gains(spectra, thresholds).kept(problem, ranks, Score(score))
 
 
 def _start_ranks(problem: RankProblem, spectra, thresholds) -> list[Ranks]:
@@ -183,7 +174,7 @@ def budgeted_ranks(
         raise BatudeError(f"hold must be one of {HOLD}, got {hold!r}")
     score = Score(score)
     limits = [(problem.metric, limit)] + [(extra.metric, extra.value) for extra in also]
-    gains, start = _Gains(spectra, thresholds), _start_ranks(problem, spectra, thresholds)
+    gains, start = Gains(spectra, thresholds), _start_ranks(problem, spectra, thresholds)
     improve = hold == "auto" and any(metric is Metric.LATENCY for metric, _ in limits)  # see step 3
     best = _allocate(problem, gains, start, limits, score, frozenset())
     while hold != "never" and (best.excess > 0 or improve):
@@ -203,7 +194,7 @@ def budgeted_ranks(
 class _Allocation:
     ranks: list[Ranks | None]  # None: held dense
     excess: float  # sum over limits of the relative overrun; 0 when every limit holds
-    kept: float  # the value the ranks keep (:meth:`_Gains.value`)
+    kept: float  # the value the ranks keep (:meth:`Gains.value`)
 
     @property
     def dense(self) -> frozenset[int]:
@@ -214,7 +205,7 @@ class _Allocation:
         return (self.excess > 0, self.excess if self.excess > 0 else -self.kept)
 
 
-def _allocate(problem: RankProblem, gains: _Gains, start: Sequence[Ranks], limits: Sequence[tuple[Metric, float]],
+def _allocate(problem: RankProblem, gains: Gains, start: Sequence[Ranks], limits: Sequence[tuple[Metric, float]],
               score: Score, dense: frozenset[int]) -> _Allocation:
     """Steps 1-2 of the rule from ``start`` with the layers in ``dense`` held dense: the budget, each
     extra limit, the budget again."""
@@ -249,7 +240,7 @@ def enforce_limits(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ra
     (e.g. a latency budget keeps a slow chain dense, which adds MACs against a MACs limit).
     """
     ranks = [None if r is None else tuple(r) for r in ranks]
-    gains = _Gains(spectra, thresholds)
+    gains = Gains(spectra, thresholds)
     for limit in limits:
         _remove_until(problem, gains, ranks, limit.metric, limit.value, Score(score), effective=True)
     if not problem.fits(ranks, limits):
@@ -257,7 +248,7 @@ def enforce_limits(problem: RankProblem, spectra, thresholds, ranks: Sequence[Ra
     return ranks
 
 
-def _remove_until(problem: RankProblem, gains: _Gains, ranks: list[Ranks | None], metric: Metric, limit: float,
+def _remove_until(problem: RankProblem, gains: Gains, ranks: list[Ranks | None], metric: Metric, limit: float,
                   score: Score, effective: bool = False) -> None:
     """Remove grid steps, least value per ``metric`` saved first, until the total fits ``limit`` or
     no step is left. Layers held dense (``None``) are left alone.

@@ -15,7 +15,7 @@ from torch import nn
 
 from batude.errors import BatudeError
 from batude.rank.budget import Budget, Metric
-from batude.rank.greedy import HOLD, Score, _Gains, budgeted_ranks, enforce_limits, kept_gain, step_value
+from batude.rank.greedy import HOLD, Gains, Score, budgeted_ranks, enforce_limits, kept_gain
 from batude.rank.problem import RankProblem, SelectorConfig
 from batude.rank.filter import LayerFilter
 
@@ -118,18 +118,29 @@ def test_infeasible_raises():
         budgeted_ranks(problem, spectra, thresholds, problem.fixed + 10)
 
 
+def _step_value(spectra, thresholds, ranks, mode, lo, hi, score):
+    """The rule's step value summed directly over the slice (METHOD.md's gains; the reference)."""
+    value = kept_gain(spectra[mode], thresholds[mode], lo, hi)
+    if score.normalised:
+        value /= float(spectra[mode].square().sum())
+    if score.joint and len(ranks) == 2:
+        other = 1 - mode
+        value *= kept_gain(spectra[other], thresholds[other], 0, ranks[other]) / float(spectra[other].square().sum())
+    return value
+
+
 def test_running_sums_give_the_step_values_of_the_rule():
     problem = _problem()
     spectra, thresholds = _instance(problem, 5)
     spectra[0][0] = torch.tensor([1000.0, 0.10001, 0.05, 0.0], dtype=torch.float64)  # a tail gain 1e-17 of the head's
     thresholds[0][0] = 0.1
-    gains = _Gains(spectra, thresholds)
+    gains = Gains(spectra, thresholds)
     for score in Score:
         for i, cand in enumerate(problem.candidates):
             full = cand.full_ranks
             for mode in range(len(full)):
                 for lo, hi in [(0, 1), (1, 2), (1, full[mode]), (2, full[mode] + 3), (full[mode], full[mode] + 1)]:
-                    expected = step_value(spectra[i], thresholds[i], full, mode, lo, hi, score)
+                    expected = _step_value(spectra[i], thresholds[i], full, mode, lo, hi, score)
                     assert gains.step(i, full, mode, lo, hi, score) == pytest.approx(expected, rel=1e-9, abs=0)
     assert gains.step(0, problem.candidates[0].full_ranks, 0, 1, 2, Score.GAIN) == pytest.approx(0.00001 ** 2, rel=1e-6)
 
