@@ -34,6 +34,6 @@ def resolve_device(device: str | torch.device | None, default: str = "cpu", make
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise BatudeError(f"device {device} requested but this machine has {torch.cuda.device_count()} GPU(s); "
                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-        if make_current:
-            torch.cuda.set_device(dev)
+        if make_current and dev.index is not None:  # a bare "cuda" is the current device already
+            torch.cuda.set_device(dev.index)  # an index: torch 2.11 refuses a device without one
     return dev

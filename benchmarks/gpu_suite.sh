@@ -56,7 +56,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   KERNELS="--smoke"; export TRITON_INTERPRET=1
 else
   DENSE_EPOCHS=${DENSE_EPOCHS:-30}; ADMM=${ADMM:-10}; FT=${FT:-10}; SUBSET=""; DEVICE=${DEVICE:-cuda}; WORKERS=${WORKERS:-4}
-  LAT=""; LVF="--device cuda --dtypes fp16 --batches 1,64 --backends eager,cuda-graph"; KERNELS="--budget-s 240 --layer-budget-s 160"
+  LAT=""; LVF="--device cuda --dtypes fp16 --batches 1,64 --backends eager,cuda-graph"; KERNELS=${KERNELS:-"--budget-s 240 --layer-budget-s 160"}
 fi
 has() { [[ ",$PART," == *",$1,"* ]]; }
 LUTS=${LUT_DIR:+--lut-dir $LUT_DIR}  # reuse latency tables an earlier session saved (lut_b<batch>.json, same GPU)

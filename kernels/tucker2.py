@@ -180,7 +180,7 @@ def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: d
             return
         except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
             config = cfg.heuristic_tucker2(m, c, rk, rp, kh * kw, False)
-    launch = {k: v for k, v in config.items() if k != "pointwise"}
+    launch = {k: v for k, v in config.items() if k not in ("pointwise", "halo")}  # the other modes' parts
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
 
     def run(tile: dict, warps: int, stages: int) -> None:

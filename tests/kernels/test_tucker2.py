@@ -128,6 +128,20 @@ def test_interpreter_split_k_reduction_and_workspace_reset(split_k, mode):
 
 
 @interp
+def test_interpreter_one_config_carries_every_modes_part():
+    """A fixed config holding each mode's part (the GPU sweep's ``fixed_gpu_config`` does) serves all three
+    modes, each launch taking its own part: on an H200 the fused and split launches once put the halo part
+    into their launch key and failed with "unhashable type: 'dict'"."""
+    p = pack_tucker2(*tucker_factors(24, 40, 13, 20, 3))
+    x = nhwc(torch.randn(1, 24, 5, 5))
+    cfg = {**INTERP_CFG_SPLIT3, "pointwise": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_C=16, num_warps=4, num_stages=1),
+           "halo": dict(TILE_H=2, TILE_W=4, HALO_BLOCK=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, num_warps=4, num_stages=1)}
+    for mode in ("fused", "split", "halo"):
+        out, ref = _run(x, p, mode=mode, config=cfg, relu=True)
+        assert rel_err(out, ref) <= TOL[torch.float32], mode
+
+
+@interp
 def test_interpreter_dilation():
     p = pack_tucker2(*tucker_factors(16, 16, 8, 8, 3))
     x = nhwc(torch.randn(1, 16, 9, 9))
