@@ -7,19 +7,21 @@
 #       --platform manylinux2014_x86_64 -d .whl tensorly==0.10.0
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
 # Run with carry [".whl", ".data"], one session's worth of parts at a time (15 min of device time
-# per session; a fresh H100 started in about 30 s on 2026-11-26). The device tool brings back at
-# most 8 files from $OUT, at most two folders down: run few parts per call, or pack extra files into
-# a tarball. Times measured on an H100 that day (BENCHMARKS.md, "H100 runs"), estimates marked "?":
-#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (8 xdist workers, 100-128 s before the
-#                                                      #   halo mode's tests) + kernels_vs_cudnn.py (82-88 s before
-#                                                      #   the halo column and its autotuning; now capped at 240 s)  (~6 min?)
+# per session; a fresh H100 started in about 30 s on 2026-11-26, an H200 on 2026-11-27). The device
+# tool brings back at most 8 files from $OUT, at most two folders down: run few parts per call, or
+# write them elsewhere and tar them into $OUT. Times measured on an H100 on 2026-11-26 and an H200 on
+# 2026-11-27 (BENCHMARKS.md, "H100 runs", "H200 runs"), estimates marked "?":
+#   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (H200: 281 tests in 49 s with 15 xdist
+#                                                      #   workers, KT_WORKERS=15) + kernels_vs_cudnn.py (H200: 134 s
+#                                                      #   with KERNELS="--budget-s 160 --layer-budget-s 110")  (~3-4 min)
 #   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs and compile,
-#                                                      #   b64/b1) + latency_vs_flops ResNet-18 2.52x      (82 s; ~2-3 min?
-#                                                      #   since dense is also timed compile-graph)
+#                                                      #   b64/b1) + latency_vs_flops ResNet-18 2.52x      (H200: 90 s
+#                                                      #   for the plans in CUDA graphs only; ~3 min? with compile)
 #   PART=compile bash benchmarks/gpu_suite.sh          # the latency-aware comparison under torch.compile only
 #                                                      #   (PART=latency already times compile)
 #   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels: ResNet-18
-#                                                      #   b64 (100 s); BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
+#                                                      #   b64 (100 s; H200 with the halo mode: 72 s, b1 93 s);
+#                                                      #   BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
 #                                                      #   (then with compile rows, now with dense compile-graph instead)
 #   PART=accuracy BUDGETS=2.5x METHODS=batude,uniform DENSE=benchmarks/results/fmnist_resnet20_dense30/model.pt
 #                                                      #   BATUDE vs uniform at 2.5x, 10+10 epochs each, one run after
