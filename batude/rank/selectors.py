@@ -5,6 +5,14 @@ non-decreasing in the parameter. Bisection finds the largest parameter that fits
 a greedy *fill* then spends what the rounding left over, one grid step at a time, in the order
 the selector's score prefers (ties: layer order), never exceeding the budget. The result meets the
 budget from below, typically within a fraction of a percent. Everything is deterministic.
+
+Where even the family's smallest ranks miss a limit, layers are *held dense* first, one at a time,
+as BATUDE's greedy rule does (:mod:`batude.rank.greedy`, step 3, ``to-fit``): measured latency
+need not fall with rank, and under a FLOPs limit with a latency cap (``--also latency:1x``) a chain
+slower than its dense layer still counts as a chain (it saves FLOPs). Each round holds the layer,
+among those whose dense form is cheaper than their smallest chain in a limited metric, whose
+holding leaves the least overrun at the smallest ranks; the family then spans the other layers.
+Plans the family alone can meet are unchanged.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ __all__ = ["Method", "select_ranks", "uniform_ranks", "energy_ranks", "vbmf_rank
 log = logging.getLogger(__name__)
 
 Ranks = tuple[int, ...]
-Family = Callable[[float], list[Ranks]]
+Family = Callable[[float], list[Ranks | None]]  # None: a layer held dense
 
 
 class Method(str, enum.Enum):
@@ -45,16 +53,45 @@ def _unfoldings(cand: Candidate) -> list[torch.Tensor]:
     return [unfold(weight, mode) for mode in range(cand.layer.kind.n_ranks)]
 
 
+def _overrun(problem: RankProblem, ranks: Sequence[Ranks | None], limits: Sequence[Limit]) -> float:
+    """Sum over ``limits`` of the relative overrun of ``ranks`` (0 when all hold; below 1e-12 is rounding)."""
+    return sum(over for over in (problem.total(ranks, lim.metric) / lim.value - 1.0 for lim in limits) if over > 1e-12)
+
+
+def _held(ranks: Sequence[Ranks], held: frozenset[int]) -> list[Ranks | None]:
+    return [None if i in held else r for i, r in enumerate(ranks)]
+
+
+def _hold_to_fit(problem: RankProblem, family: Family, lo: float, limits: Sequence[Limit]) -> Family:
+    """``family`` with layers held dense (``None``) while its smallest ranks miss ``limits`` (module docs)."""
+    smallest = family(lo)
+    held: frozenset[int] = frozenset()
+    overrun = _overrun(problem, smallest, limits)
+    while overrun > 0:
+        options = [i for i, r in enumerate(smallest) if i not in held and any(
+            problem.dense_cost(i, lim.metric) < problem.chain_cost(i, r, lim.metric) for lim in limits)]
+        best = min(((_overrun(problem, _held(smallest, held | {i}), limits), i) for i in options), default=None)
+        if best is None or best[0] >= overrun:
+            break
+        overrun, held = best[0], held | {best[1]}
+    if held:
+        log.info("holding %d layer(s) dense: the selector's smallest ranks alone miss the budget", len(held))
+    return family if not held else (lambda p: _held(family(p), held))
+
+
 def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limits: Sequence[Limit]) -> tuple[float, list[Ranks]]:
     """Largest parameter in [lo, hi] whose ranks fit ``limits``; raises when even ``family(lo)`` does not."""
     smallest = family(lo)
     for limit in limits:
         least = problem.total(smallest, limit.metric)
         if least > limit.value:  # feasible for some ranks (checked before), but not along this family
+            held = sum(r is None for r in smallest)
             raise BatudeError(
                 f"budget {limit.budget} is out of this selector's reach: its smallest ranks cost {least:.4g} "
-                f"{limit.metric.unit} > {limit.value:.4g} allowed (measured latency need not fall with rank); "
-                "loosen the budget, or let BATUDE's greedy rule choose (`batude compress`)")
+                f"{limit.metric.unit} > {limit.value:.4g} allowed"
+                + (f" with {held} layer(s) held dense" if held else "")
+                + " (measured latency need not fall with rank); loosen the budget, or let BATUDE's greedy rule "
+                "choose (`batude compress`)")
     if problem.fits(family(hi), limits):
         return hi, family(hi)
     for _ in range(60):
@@ -69,7 +106,7 @@ def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limits: 
 def _select(problem: RankProblem, budget: Budget, family: Family, hi: float, score: StepScore,
             also: Sequence[Budget] = ()) -> tuple[float, list[Ranks]]:
     limits = problem.limits(budget, also)
-    param, ranks = _bisect(problem, family, 0.0, hi, limits)
+    param, ranks = _bisect(problem, _hold_to_fit(problem, family, 0.0, limits), 0.0, hi, limits)
     return param, fill_to_budget(problem, ranks, limits[0].value, score, limits[1:])
 
 

@@ -327,6 +327,37 @@ def test_a_table_slower_at_minimum_ranks_is_checked_against_its_true_floor():
         select_ranks(model, f"latency:{0.99 * floor:.6f}ms", "uniform", input_shape=(1, 1, 28, 28), latency=lut)
 
 
+
+@pytest.mark.parametrize("method", ["uniform", "energy", "vbmf"])
+def test_selectors_hold_layers_dense_where_their_smallest_ranks_miss_a_mixed_budget(method):
+    # the batch-1 table of the test below: every chain slower than its dense layer; 1.5x fewer MACs and
+    # at most 1.3x the dense time cannot both hold with every layer a chain, even at minimum ranks
+    from batude.rank.selectors import _hold_to_fit, uniform_ranks
+
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1).eval()
+    lut = synthetic_table(model, (1, 28, 28), points=3, multiple_of=8, batch=1)
+    config, shape = SelectorConfig(multiple_of=8), (1, 1, 28, 28)
+    budget, limit = f"latency:{1.3 * lut.model_ms:.6f}ms", 1.3 * lut.model_ms
+    problem = RankProblem.from_model(model, shape, Metric.LATENCY, config, lut, [Metric.MACS])
+    limits = problem.limits(Budget.parse(budget), [Budget.parse("1.5x")])
+    smallest = problem.minimal_ranks()
+    assert not problem.fits(smallest, limits)  # what the selectors refused before holding layers dense
+    plan = select_ranks(model, budget, method, input_shape=shape, latency=lut, config=config, also=["1.5x"])
+    assert _predicted(plan) <= limit + 1e-9 and plan.macs_reduction >= 1.5
+    held = [c.name for c in problem.candidates if plan.layer(c.name).ranks is None]
+    assert held and all(lut.dense_ms(n) < min(lut.factorised_ms(n, r)[1] for r in grid_points(lut.grid(n))) for n in held)
+    assert len(held) < len(problem.candidates)  # the family still spans the others
+    # a budget the family meets by itself holds nothing (the family is returned as it is)
+    def family(r):
+        return [tuple(c.snap(m, r * g[-1]) for m, g in enumerate(c.grids)) for c in problem.candidates]
+    loose = problem.limits(Budget.parse(f"latency:{1.8 * lut.model_ms:.6f}ms"), [Budget.parse("1.5x")])
+    assert _hold_to_fit(problem, family, 0.0, loose) is family
+    assert None not in uniform_ranks(problem, Budget.parse(f"latency:{1.8 * lut.model_ms:.6f}ms"), [Budget.parse("1.5x")])[1]
+    with pytest.raises(BatudeError, match="out of this selector's reach: .* with [0-9]+ layer\\(s\\) held dense"):
+        select_ranks(model, f"latency:{1.0 * lut.model_ms:.6f}ms", method, input_shape=shape, latency=lut, config=config,
+                     also=["1.5x"])
+
 def test_layers_are_held_dense_where_ranks_alone_cannot_meet_a_latency_budget_and_a_flops_limit(tmp_path):
     # batch 1: launches dominate, so every chain is slower than its dense layer, and a 1.5x MACs limit
     # forces chains somewhere; removing rank steps alone gets no closer than 1.73x the dense time
