@@ -51,7 +51,9 @@ launches on concurrent streams must not overlap.
 
 from __future__ import annotations
 
+import functools
 import logging
+import statistics
 from typing import Sequence
 
 import torch
@@ -279,8 +281,11 @@ class _CaptureFailed(RuntimeError):
     """A mode could not be captured in a CUDA graph, so it cannot be timed as a graphed model runs it."""
 
 
-def _time_ms(fn, calls: int = 10, replays: int = 3) -> float:
-    """GPU milliseconds per call of ``fn``, from replaying a CUDA graph of ``calls`` calls: what a graphed model pays.
+AUTO_CALLS, AUTO_ROUNDS, AUTO_REPLAYS = 10, 5, 3  # calls per captured graph; timing rounds; replays per sample
+
+
+def _graphed(fn, calls: int = AUTO_CALLS):
+    """``fn`` run ``calls`` times from one CUDA graph: the replay callable, what a graphed model pays.
 
     Timing eager calls would measure Python's launch overhead instead (tens of microseconds per Triton
     launch, as long as these kernels run), which favoured the one-kernel ``fused`` mode: on an H100
@@ -304,14 +309,32 @@ def _time_ms(fn, calls: int = 10, replays: int = 3) -> float:
     except RuntimeError as err:
         torch.cuda.set_stream(caller)  # a failed capture_end leaves the capture stream current
         raise _CaptureFailed(str(err)) from err
+    graph.replay()  # warm: the first replay uploads the graph
+    return graph.replay
+
+
+def _sample_ms(replay, replays: int = AUTO_REPLAYS) -> float:
+    """GPU milliseconds of ``replays`` back-to-back replays (CUDA events)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
     start.record()
     for _ in range(replays):
-        graph.replay()
+        replay()
     end.record()
     end.synchronize()
-    return start.elapsed_time(end) / (calls * replays)
+    return start.elapsed_time(end) / replays
+
+
+def _median_ms(replays: dict[str, object], rounds: int = AUTO_ROUNDS, sample=_sample_ms,
+               calls: int = AUTO_CALLS) -> dict[str, float]:
+    """Milliseconds per call of each graphed mode: the median over ``rounds`` samples, the modes taken in
+    turn within each round, so a clock ramp or a busy spell weighs on every mode alike (one sample per
+    mode, modes one after another, let the first H200 run pick ``halo`` at 1.46x ``split``'s time on
+    a batch-1 shape, as measured per call by the benchmark)."""
+    samples: dict[str, list[float]] = {mode: [] for mode in replays}
+    for _ in range(rounds):
+        for mode, replay in replays.items():
+            samples[mode].append(sample(replay))
+    return {mode: statistics.median(xs) / calls for mode, xs in samples.items()}
 
 
 def _auto_key(x: torch.Tensor, geo: tuple) -> tuple:
@@ -349,18 +372,19 @@ def _auto_mode(x: torch.Tensor, geo: tuple, run) -> str:
     guess = _guess(geo)
     if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return guess
-    times: dict[str, float] = {}
+    replays: dict[str, object] = {}
     try:
         for mode in MODES[1:]:
             try:
-                times[mode] = _time_ms(lambda: run(mode))
+                replays[mode] = _graphed(functools.partial(run, mode))
             except _CaptureFailed:
                 raise
             except Exception as err:  # e.g. a mode that does not compile for this GPU: the others still serve
                 log.warning("tucker2 auto mode for %s: %s failed (%s: %s); choosing among the others",
                             key, mode, type(err).__name__, err)
-                if mode == MODES[-1] and not times:
+                if mode == MODES[-1] and not replays:
                     raise
+        times = _median_ms(replays)
     except _CaptureFailed as err:  # all graphed or none: eager times would favour fused again
         log.debug("tucker2 auto mode for %s: CUDA-graph timing failed (%s); using the heuristic", key, err)
         times = {guess: 0.0}

@@ -160,7 +160,11 @@ def test_auto_mode_times_every_mode_and_falls_back_to_the_heuristic_when_capture
     monkeypatch.setattr(tucker2.torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(tucker2, "_AUTO_CHOICE", {})
     geo = (64, 512, 7, 7, 7, 7, 3, 3, 256, 256, 512, (1, 1))  # the guess: split
-    monkeypatch.setattr(tucker2, "_time_ms", lambda fn: fn())
+    def graphed(fn):  # runs fn once, as the capture's warm-up does (a mode that fails, fails here)
+        fn()
+        return fn  # the "replay" returns the mode's time
+    monkeypatch.setattr(tucker2, "_graphed", graphed)
+    monkeypatch.setattr(tucker2, "_median_ms", lambda replays: {mode: replay() for mode, replay in replays.items()})
     assert tucker2._auto_mode(x, geo, lambda mode: {"fused": 1.0, "split": 2.0, "halo": 1.5}[mode]) == "fused"  # measured beats the guess
     assert tucker2._auto_mode(x, geo, lambda mode: pytest.fail("timed twice")) == "fused"  # cached per shape
 
@@ -181,11 +185,28 @@ def test_auto_mode_times_every_mode_and_falls_back_to_the_heuristic_when_capture
     with pytest.raises(RuntimeError, match="halo does not compile"):
         tucker2._auto_mode(x, (2, *third[1:]), all_broken)
 
-    monkeypatch.setattr(tucker2, "_time_ms", refuse)
+    monkeypatch.setattr(tucker2, "_graphed", refuse)
     other = (1, 64, 56, 56, 56, 56, 3, 3, 32, 32, 64, (1, 1))  # the guess: fused
     assert tucker2._auto_mode(x, other, lambda mode: None) == "fused"
     assert tucker2._AUTO_CHOICE[tucker2._auto_key(x, other)] == "fused"
 
+
+
+def test_auto_mode_timing_takes_the_modes_in_turn_and_keeps_each_ones_median():
+    """A slow spell (a clock ramp, another process) hits every mode in its round, and one outlier
+    sample does not decide: per-call medians over the rounds (the GPU sampling is replaced here)."""
+    from batude.kernels import tucker2
+
+    order, clock = [], iter([9.0, 9.5, 9.9,  2.0, 1.0, 1.8,  2.1, 1.1, 9.0,  2.0, 1.2, 1.7,  1.9, 40.0, 1.8])
+
+    def sample(replay):
+        order.append(replay)
+        return next(clock)
+
+    times = tucker2._median_ms({"fused": "F", "split": "S", "halo": "H"}, rounds=5, sample=sample, calls=10)
+    assert order == ["F", "S", "H"] * 5  # interleaved: round by round, not mode by mode
+    assert times == pytest.approx({"fused": 0.20, "split": 0.12, "halo": 0.18})  # medians / 10 calls per graph
+    assert min(times, key=times.get) == "split"  # means would pick fused (split's 40 ms outlier, the slow round)
 
 def _halo_args(n, c, hw, stride, rk, rp, s, k=3):
     from batude.kernels.tucker2 import core_args, tucker2_output_size
