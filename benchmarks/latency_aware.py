@@ -261,17 +261,24 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _dense_layers(batch: dict, plan: str) -> str:
+    """``held of eligible``: the plan's layers left dense (ranks None), from the saved plan."""
+    layers = (batch.get("plans", {}).get(plan) or {}).get("layers")
+    return "-" if not layers else f"{sum(layer['ranks'] is None for layer in layers)} of {len(layers)}"
+
+
 def table(batches: list[dict]) -> str:
-    lines = ["| batch | backend | plan | FLOPs cut | predicted speed-up | predicted ms | measured ms | table error "
-             "| measured speed-up | share of oracle | share of oracle's gain | vs best dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| batch | backend | plan | FLOPs cut | layers dense | predicted speed-up | predicted ms | measured ms "
+             "| table error | measured speed-up | share of oracle | share of oracle's gain | vs best dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in batches:
         for r in b["rows"]:
             if not r.get("available"):
-                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | | unavailable: {r['reason']} | | | | | |")
+                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | | | unavailable: {r['reason']} | | | | | |")
                 continue
             error = r.get("prediction_error")
             lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | {r['macs_reduction']:.2f}x | "
+                         f"{_dense_layers(b, r['plan'])} | "
                          f"{_x(r['predicted_speedup'])} | {_ms(r['predicted_ms'])} | {r['median_ms']:.3f} | "
                          f"{'-' if error is None else f'{error:+.1%}'} | {_x(r.get('speedup'))} | "
                          f"{_pct(r.get('share_of_oracle'))} | {_pct(r.get('share_of_oracle_gain'))} | "

@@ -147,6 +147,10 @@ def test_latency_aware_table_from_a_saved_report_measures_nothing(capsys):
     out = capsys.readouterr().out
     # the committed H100 run: batude-latency 1.12x against a 1.11x oracle in CUDA graphs at batch 64
     assert "| 64 | cuda-graph | batude-latency | 2.52x |" in out and "| 101% | 114% |" in out
+    # the H200 run with layers held dense: the table counts them from the saved plans
+    assert bench.main(["--table-from", str(saved.parents[1] / "h200_latency_aware/latency_aware.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| 64 | cuda-graph | batude-latency | 2.52x | 8 of 20 | 1.10x |" in out and "| 64 | cuda-graph | dense | 1.00x | - |" in out
 
 
 def test_latency_aware_triton_rows_are_compared_with_graphed_cudnn_dense():

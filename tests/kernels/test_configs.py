@@ -191,7 +191,6 @@ def test_auto_mode_times_every_mode_and_falls_back_to_the_heuristic_when_capture
     assert tucker2._AUTO_CHOICE[tucker2._auto_key(x, other)] == "fused"
 
 
-
 def test_auto_mode_timing_takes_the_modes_in_turn_and_keeps_each_ones_median():
     """A slow spell (a clock ramp, another process) hits every mode in its round, and one outlier
     sample does not decide: per-call medians over the rounds (the GPU sampling is replaced here)."""
@@ -207,6 +206,7 @@ def test_auto_mode_timing_takes_the_modes_in_turn_and_keeps_each_ones_median():
     assert order == ["F", "S", "H"] * 5  # interleaved: round by round, not mode by mode
     assert times == pytest.approx({"fused": 0.20, "split": 0.12, "halo": 0.18})  # medians / 10 calls per graph
     assert min(times, key=times.get) == "split"  # means would pick fused (split's 40 ms outlier, the slow round)
+
 
 def _halo_args(n, c, hw, stride, rk, rp, s, k=3):
     from batude.kernels.tucker2 import core_args, tucker2_output_size

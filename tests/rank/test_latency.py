@@ -327,7 +327,6 @@ def test_a_table_slower_at_minimum_ranks_is_checked_against_its_true_floor():
         select_ranks(model, f"latency:{0.99 * floor:.6f}ms", "uniform", input_shape=(1, 1, 28, 28), latency=lut)
 
 
-
 @pytest.mark.parametrize("method", ["uniform", "energy", "vbmf"])
 def test_selectors_hold_layers_dense_where_their_smallest_ranks_miss_a_mixed_budget(method):
     # the batch-1 table of the test below: every chain slower than its dense layer; 1.5x fewer MACs and
@@ -357,6 +356,7 @@ def test_selectors_hold_layers_dense_where_their_smallest_ranks_miss_a_mixed_bud
     with pytest.raises(BatudeError, match="out of this selector's reach: .* with [0-9]+ layer\\(s\\) held dense"):
         select_ranks(model, f"latency:{1.0 * lut.model_ms:.6f}ms", method, input_shape=shape, latency=lut, config=config,
                      also=["1.5x"])
+
 
 def test_layers_are_held_dense_where_ranks_alone_cannot_meet_a_latency_budget_and_a_flops_limit(tmp_path):
     # batch 1: launches dominate, so every chain is slower than its dense layer, and a 1.5x MACs limit
