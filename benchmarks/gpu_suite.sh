@@ -8,9 +8,10 @@
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
 # Run with carry [".whl", ".data"], one session's worth of parts at a time (15 min of device time
 # per session; a fresh H100 started in about 30 s on 2026-11-26, an H200 on 2026-11-27). The device
-# tool brings back at most 8 files from $OUT, at most two folders down: run few parts per call, or
-# write them elsewhere and tar them into $OUT. Times measured on an H100 on 2026-11-26 and an H200 on
-# 2026-11-27 (BENCHMARKS.md, "H100 runs", "H200 runs"), estimates marked "?":
+# tool brings back at most 8 files from $OUT, at most two folders down: run few parts per call, or set
+# PACK=1 (everything packed into $OUT/gpu_suite.tgz at exit, also when `timeout` stops the script).
+# Times measured on an H100 on 2026-11-26 and an H200 on 2026-11-27 (BENCHMARKS.md, "H100 runs",
+# "H200 runs"), estimates marked "?":
 #   PART=kernels bash benchmarks/gpu_suite.sh          # gpu tests of kernels/ (H200: 281 tests in 49 s with 15 xdist
 #                                                      #   workers, KT_WORKERS=15) + kernels_vs_cudnn.py (H200: 134 s
 #                                                      #   with KERNELS="--budget-s 160 --layer-budget-s 110")  (~3-4 min)
@@ -45,6 +46,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 PART=${PART:-kernels}
 mkdir -p "$OUT"
+if [ "${PACK:-0}" = 1 ]; then  # the device tool brings back at most 8 files: write elsewhere, pack into $OUT at exit
+  PACKED=$OUT; OUT=$(mktemp -d)   # (also when stopped: `timeout 540 bash ...` sends TERM, and what is done comes back)
+  trap 'tar czf "$PACKED/gpu_suite.tgz" -C "$OUT" .' EXIT
+  trap 'exit 143' TERM INT
+fi
 if [ -d .whl ] && ! python3 -c "import tensorly" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
