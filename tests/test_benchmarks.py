@@ -278,3 +278,21 @@ def test_accuracy_vs_budget_table_lists_budgets_in_order():
         {**run, "budget": "10x"}, {**run, "budget": "50%"}]}
     rows = [line.split(" | ")[:2] for line in bench.table(results).splitlines()[2:]]
     assert rows == [["| 50%", "vbmf"], ["| 2.5x", "uniform"], ["| 2.5x", "vbmf"], ["| 4x", "vbmf"], ["| 10x", "vbmf"]]
+
+
+def test_gpu_suite_packs_its_results_into_one_tarball(tmp_path):
+    """PACK=1: whatever the parts wrote comes back as $OUT/gpu_suite.tgz (the device tool returns at most 8 files)."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PACK": "1",
+           "OUT": str(tmp_path / "out"), "PART": "none"}  # no part: only the environment record
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["gpu_suite.tgz"]
+    with tarfile.open(tmp_path / "out" / "gpu_suite.tgz") as tar:
+        record = json.load(tar.extractfile("./env.json"))
+    assert record["torch"] and record["batude"] == batude.__version__
