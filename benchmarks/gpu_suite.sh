@@ -18,8 +18,9 @@
 #   PART=latency bash benchmarks/gpu_suite.sh          # latency-aware plans vs oracle (CUDA graphs and compile,
 #                                                      #   b64/b1) + latency_vs_flops ResNet-18 2.52x      (H200: 90 s
 #                                                      #   for the plans in CUDA graphs only; ~3 min? with compile)
-#   PART=compile bash benchmarks/gpu_suite.sh          # the latency-aware comparison under torch.compile only
-#                                                      #   (PART=latency already times compile)
+#   PART=compile bash benchmarks/gpu_suite.sh          # the latency-aware plans compiled (freezing) and graphed, as
+#                                                      #   the best dense is: the fair "vs best dense" for cuDNN plans
+#                                                      #   (BATCHES=64 by default; ~1-2 min? per batch: 5 compiles)
 #   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels: ResNet-18
 #                                                      #   b64 (100 s; H200 with the halo mode: 72 s, b1 93 s);
 #                                                      #   BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
@@ -82,7 +83,7 @@ if has latency; then  # issues 5 and 7: latency-aware plans vs the oracle, and t
     --iters 30 --warmup 5 --out "$OUT/latency_vs_flops"
 fi
 if has compile; then
-  if [ "${SMOKE:-0}" = 1 ]; then COMPILE="$LAT"; else COMPILE="--batches 64 --backends compile"; fi
+  if [ "${SMOKE:-0}" = 1 ]; then COMPILE="$LAT"; else COMPILE="--batches ${BATCHES:-64} --backends compile-graph"; fi
   python3 benchmarks/latency_aware.py $COMPILE $LUTS --out "$OUT/latency_aware_compile"
 fi
 if has kernel-plans; then  # issue 7's kernel goals: >= 2.0x (b64) / >= 1.6x (b1) faster than the best dense backend
