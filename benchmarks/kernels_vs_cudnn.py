@@ -2,7 +2,9 @@
 
 Per layer: the 3x3 conv shapes of ResNet-18 at 224² (rank ratio 0.5, ranks aligned), batches 1 and
 64, fp16, channels_last, each variant replayed from a CUDA graph and timed with batude's timing
-primitive: ``dense`` (one cuDNN conv), ``chain`` (the 3 cuDNN convs of ``TuckerConv2d``),
+primitive, ``LAYER_CALLS`` replays back to back per sample as latency tables time layers (runs
+up to 2026-11-27 timed one replay from an idle GPU: launch latency included, ratios pulled
+towards 1x at batch 1): ``dense`` (one cuDNN conv), ``chain`` (the 3 cuDNN convs of ``TuckerConv2d``),
 ``fused``, ``split`` and ``halo`` (:func:`batude.kernels.tucker2_conv`, autotuned; ``auto_choice`` is
 what ``mode="auto"`` picks). Whole model: ResNet-18 with a uniform 2.52x plan, rewritten by
 ``fuse_resnet_`` (BN folded, ReLU and residual add in the kernels' epilogues), against the dense
@@ -31,6 +33,7 @@ from torch import nn
 from batude._io import write_text_atomic
 from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
+from batude.bench.lut import LAYER_CALLS
 from batude.bench.timing import time_callable
 from batude.nn import TuckerConv2d
 from batude.nn.tucker_conv import ensure_kernels_importable
@@ -66,14 +69,19 @@ def _args(argv=None):
     return p.parse_args(argv)
 
 
-def _time(fn, x, args, device, batch, label, compile_: bool = False) -> dict:
-    """Time ``fn(x)``: on CUDA replayed as a CUDA graph (compiled first with ``compile_``), eagerly on the CPU."""
+def _time(fn, x, args, device, batch, label, compile_: bool = False, layer: bool = False) -> dict:
+    """Time ``fn(x)``: on CUDA replayed as a CUDA graph (compiled first with ``compile_``), eagerly on the CPU.
+
+    A ``layer`` on CUDA is timed as latency tables time layers, ``LAYER_CALLS`` replays back to back
+    per sample (as inside a graphed model: no launch from an idle GPU per layer); models one replay.
+    """
     graph = device.type == "cuda"
     backend = (Backend.COMPILE_GRAPH if compile_ else Backend.CUDA_GRAPH) if graph else Backend.EAGER
+    calls = LAYER_CALLS if graph and layer else 1
     with torch.inference_mode():
         run = torch_runner(fn, x, backend)  # warm-up (autotuning, compiling) on a side stream, then capture
-    stats = time_callable(run, iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label)
-    return {**stats.to_dict(), "cuda_graph": graph}
+    stats = time_callable(run, iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label, calls=calls)
+    return {**stats.to_dict(), "cuda_graph": graph, "calls_per_sample": calls}
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -106,7 +114,8 @@ def layer_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
             fns = {"dense": dense, "chain": chain, **{mode: kernel(mode) for mode in KERNEL_MODES}}
             timed = {}
             for variant, fn in fns.items():
-                row = {**base, "variant": variant, **_time(fn, x, args, device, batch, f"{variant} {c}->{s} {h}² b{batch}")}
+                row = {**base, "variant": variant,
+                       **_time(fn, x, args, device, batch, f"{variant} {c}->{s} {h}² b{batch}", layer=True)}
                 if variant in KERNEL_MODES:
                     row["rel_err_vs_chain"] = _rel(fn(x), want)
                 timed[variant] = row

@@ -17,6 +17,13 @@ choose the kernel layer by layer. Grid points the kernel cannot run (padded rank
 fusion of ``bench --backend triton`` (``fuse_resnet_``) is a further saving it does not predict.
 On the CPU a ``triton`` table can only be built under ``TRITON_INTERPRET=1`` (tests; interpreted
 timings mean nothing).
+
+With CUDA graphs each layer's sample is ``LAYER_CALLS`` back-to-back replays (per call: what the
+layer costs inside the graphed model, after the layer before it), and the whole model one replay
+from an idle GPU (what a request sees, as ``batude bench`` measures it); the rest of the model
+(``other_ms``) then holds the model's one launch. Timed one replay each, ResNet-18's 3x3 convs at
+batch 1 summed to more than the whole graphed model on an H200, leaving 2-22 µs for the stem,
+pooling, adds and activations. A table records ``layer_calls`` (1 in tables built before).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ __all__ = ["LatencyTable", "deployed_model", "table_key"]
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "batude-latency-table", 1
+LAYER_CALLS = 10  # back-to-back replays per sample of one layer's CUDA graph (module docs)
 _TUCKER_VARIANTS = (Variant.CHAIN, Variant.MERGE_FIRST, Variant.MERGE_LAST)
 
 
@@ -117,6 +125,7 @@ class LatencyTable:
     model_ms: float  # whole dense model
     other_ms: float  # model_ms minus the eligible layers' dense latencies
     layers: dict[str, LayerTable] = field(default_factory=dict)
+    layer_calls: int = 1  # calls per timing sample of each layer (module docs)
 
     @classmethod
     def build(cls, model: nn.Module, input_shape: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,
@@ -149,15 +158,18 @@ class LatencyTable:
     def _build(cls, model, input_shape, batch, dtype, dev, points, multiple_of, iters, warmup, backend, progress) -> "LatencyTable":
         problem = RankProblem.from_model(model, (1, *input_shape), config=SelectorConfig(multiple_of=1))
         inputs = layer_input_shapes(model, (1, *input_shape), [c.name for c in problem.candidates])
-        def time(module: nn.Module, x: torch.Tensor, label: str) -> float:
+        runner = _runner_backend(backend, dev)
+        layer_calls = LAYER_CALLS if runner is Backend.CUDA_GRAPH else 1
+
+        def time(module: nn.Module, x: torch.Tensor, label: str, calls: int = layer_calls) -> float:
             if dev.type == "cuda" and x.dim() == 4:  # as batude.bench measures models on a GPU
                 module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                run = torch_runner(module, x, _runner_backend(backend, dev))
-            return time_callable(run, iters=iters, warmup=warmup, device=dev, batch=batch, label=label).median_ms
+                run = torch_runner(module, x, runner)
+            return time_callable(run, iters=iters, warmup=warmup, device=dev, batch=batch, label=label, calls=calls).median_ms
 
         x = torch.randn((batch, *input_shape), device=dev, dtype=dtype)
-        model_ms = time(deployed_model(model, (1, *input_shape)), x, "model")
+        model_ms = time(deployed_model(model, (1, *input_shape)), x, "model", calls=1)
         layers = {}
         for i, cand in enumerate(problem.candidates):
             if progress is not None:
@@ -172,7 +184,7 @@ class LatencyTable:
             log.warning("the eligible layers timed alone take %.3f ms more than the whole model; "
                         "counting the rest of the model as 0 ms", -other)
             other = 0.0
-        return cls(table_key(dev, dtype, batch, backend), list(input_shape), model_ms, other, layers)
+        return cls(table_key(dev, dtype, batch, backend), list(input_shape), model_ms, other, layers, layer_calls)
 
     # -- batude.rank.latency.LatencyModel: what rank selection reads --------------------------------
     def layer_names(self) -> list[str]:
@@ -239,7 +251,7 @@ class LatencyTable:
         """
         eligible = sum(t.dense_ms for t in self.layers.values())
         out: dict[str, Any] = {"key": self.key, "input_shape": self.input_shape, "model_ms": self.model_ms,
-                               "other_ms": self.other_ms, "eligible_ms": eligible, "eligible_share": eligible / self.model_ms}
+                               "layer_calls": self.layer_calls, "other_ms": self.other_ms, "eligible_ms": eligible, "eligible_share": eligible / self.model_ms}
         if plan is not None:
             predicted, variants = self.predict(plan)
             planned = {l.name: l for l in plan.layers if l.ranks is not None}
@@ -268,7 +280,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "key": self.key, "input_shape": self.input_shape,
-                "model_ms": self.model_ms, "other_ms": self.other_ms,
+                "model_ms": self.model_ms, "other_ms": self.other_ms, "layer_calls": self.layer_calls,
                 "layers": {n: vars(t) for n, t in self.layers.items()}}
 
     def save(self, path: str | Path) -> None:
@@ -286,7 +298,8 @@ class LatencyTable:
             if not isinstance(d["key"], dict):
                 raise TypeError("'key' is not an object")
             layers = {str(n): LayerTable(**t) for n, t in d["layers"].items()}
-            return cls(d["key"], list(d["input_shape"]), float(d["model_ms"]), float(d["other_ms"]), layers)
+            return cls(d["key"], list(d["input_shape"]), float(d["model_ms"]), float(d["other_ms"]), layers,
+                       int(d.get("layer_calls", 1)))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise BatudeError(f"latency table {path} is malformed ({type(err).__name__}: {err}); "
                               "rebuild it with `batude lut build`") from None

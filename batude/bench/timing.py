@@ -75,10 +75,18 @@ def summarize(samples_ms: Sequence[float], batch: int = 1, label: str = "") -> S
 
 
 def time_callable(fn: Callable[[], object], *, iters: int = 100, warmup: int = 10, warmup_seconds: float = 0.0,
-                  device: torch.device | str = "cpu", batch: int = 1, label: str = "") -> Stats:
-    """Time ``fn()`` (inputs already on ``device``): warm up by count and for ``warmup_seconds``, then ``iters`` calls."""
-    if iters < 1 or warmup < 0 or warmup_seconds < 0:
-        raise BatudeError(f"timing: iters must be >= 1 and warm-up >= 0 (got iters={iters}, warmup={warmup})")
+                  device: torch.device | str = "cpu", batch: int = 1, label: str = "", calls: int = 1) -> Stats:
+    """Time ``fn()`` (inputs already on ``device``): warm up by count and for ``warmup_seconds``, then ``iters`` samples.
+
+    A sample is ``calls`` back-to-back calls between one pair of timestamps, divided by ``calls``.
+    With 1 (the default) each call is timed alone from an idle device: the latency one request sees,
+    launch included. With more, a replayed CUDA graph of one layer is timed as it runs inside a
+    graphed model, right after the layer before it: on an H200 at batch 1, ResNet-18's 3x3 convs
+    timed alone summed to more than the whole graphed model (BENCHMARKS.md, "H200 runs").
+    """
+    if iters < 1 or warmup < 0 or warmup_seconds < 0 or calls < 1:
+        raise BatudeError(f"timing: iters and calls must be >= 1 and warm-up >= 0 "
+                          f"(got iters={iters}, calls={calls}, warmup={warmup})")
     device = torch.device(device)
     cuda = device.type == "cuda"
     with torch.inference_mode():
@@ -89,23 +97,25 @@ def time_callable(fn: Callable[[], object], *, iters: int = 100, warmup: int = 1
             fn()
         if cuda:
             torch.cuda.synchronize(device)
-        samples = [_cuda_sample(fn) if cuda else _cpu_sample(fn) for _ in range(iters)]
+        samples = [(_cuda_sample if cuda else _cpu_sample)(fn, calls) for _ in range(iters)]
     return summarize(samples, batch, label)
 
 
-def _cpu_sample(fn: Callable[[], object]) -> float:
+def _cpu_sample(fn: Callable[[], object], calls: int = 1) -> float:
     start = time.perf_counter()
-    fn()
-    return 1000.0 * (time.perf_counter() - start)
+    for _ in range(calls):
+        fn()
+    return 1000.0 * (time.perf_counter() - start) / calls
 
 
-def _cuda_sample(fn: Callable[[], object]) -> float:
+def _cuda_sample(fn: Callable[[], object], calls: int = 1) -> float:
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     begin.record()
-    fn()
+    for _ in range(calls):
+        fn()
     end.record()
     end.synchronize()
-    return float(begin.elapsed_time(end))
+    return float(begin.elapsed_time(end)) / calls
 
 
 class _Count(logging.Filter):

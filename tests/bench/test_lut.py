@@ -50,10 +50,16 @@ def test_build_covers_every_eligible_layer_and_round_trips(table, tmp_path):
     plan = select_ranks(model, "2x", "uniform", input_shape=(1, 1, 28, 28))
     assert set(lut.layers) == {l.name for l in plan.layers}
     assert lut.model_ms > 0 and all(t.dense_ms > 0 for t in lut.layers.values())
-    assert lut.timed_with == "eager"
+    assert lut.timed_with == "eager" and lut.layer_calls == 1  # eager layers: one call per sample (launches are real)
     lut.save(tmp_path / "lut.json")
     again = LatencyTable.load(tmp_path / "lut.json")
-    assert again.predict(plan) == lut.predict(plan)
+    assert again.predict(plan) == lut.predict(plan) and again.layer_calls == 1
+    saved = json.loads((tmp_path / "lut.json").read_text())
+    (tmp_path / "graphed.json").write_text(json.dumps({**saved, "layer_calls": 10}))
+    assert LatencyTable.load(tmp_path / "graphed.json").layer_calls == 10
+    del saved["layer_calls"]  # a table built before the field: its layers were timed one call per sample
+    (tmp_path / "old.json").write_text(json.dumps(saved))
+    assert LatencyTable.load(tmp_path / "old.json").layer_calls == 1
 
 
 def test_refuses_other_settings_and_other_models(table, tmp_path):
@@ -135,3 +141,16 @@ def test_summary_splits_the_dense_time_and_bounds_a_plan_by_its_flops(table):
     kept = sum(t.dense_ms for n, t in lut.layers.items() if n not in {l.name for l in plan.layers if l.ranks is not None})
     assert s["flops_bound_ms"] == pytest.approx(lut.other_ms + scaled + kept)
     assert lut.other_ms < s["flops_bound_ms"] < lut.model_ms  # every factorised layer got cheaper, the rest did not
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_tables_time_layers_back_to_back_and_the_model_once():
+    from batude.bench.lut import LAYER_CALLS
+
+    model = resnet20(in_channels=1).eval()
+    lut = LatencyTable.build(model, (1, 28, 28), batch=1, dtype=torch.float16, device="cuda", points=2, iters=5,
+                             warmup=2, backend="cuda-graph")
+    assert lut.layer_calls == LAYER_CALLS > 1 and lut.to_dict()["layer_calls"] == LAYER_CALLS
+    # layers timed as they run inside the graphed model leave the rest of it a share of its time
+    assert 0 < sum(t.dense_ms for t in lut.layers.values()) < lut.model_ms and lut.other_ms > 0

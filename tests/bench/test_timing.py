@@ -56,6 +56,26 @@ def test_warmup_by_count_and_time_runs_before_timing():
     assert len(calls) > 3 + 5  # the timed warm-up ran more calls
 
 
+def test_a_sample_of_several_calls_is_timed_once_and_divided(monkeypatch):
+    """``calls``: back-to-back calls between one pair of timestamps, per-call time out (a fake clock: each
+    call takes exactly 2 ms, so a per-sample timestamp pair would give 2 ms x calls)."""
+    from types import SimpleNamespace
+
+    from batude.bench import timing
+
+    clock, stamps, runs = [0.0], [], []
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: stamps.append(clock[0]) or clock[0]))
+
+    def call():
+        runs.append(1)
+        clock[0] += 0.002
+
+    stats = time_callable(call, iters=4, warmup=2, calls=5)
+    assert len(runs) == 2 + 4 * 5 and stats.n == 4
+    assert stats.median_ms == pytest.approx(2.0) and stats.std_ms == pytest.approx(0.0, abs=1e-9)
+    assert len(stamps) == 2 + 4 * 2  # the warm-up deadline and its check, then one pair per sample, not per call
+
+
 def test_bad_arguments():
     with pytest.raises(BatudeError):
         summarize([])
@@ -63,6 +83,8 @@ def test_bad_arguments():
         summarize([1.0, math.nan])
     with pytest.raises(BatudeError):
         time_callable(lambda: None, iters=0)
+    with pytest.raises(BatudeError, match="calls must be >= 1"):
+        time_callable(lambda: None, calls=0)
 
 
 def test_environment_record_without_touching_cuda():
