@@ -20,8 +20,10 @@ the bias and a folded BatchNorm; fp32 accumulation, output in the input dtype):
            memory. No split-K: where tiles are few (batch 1, late stages) ``SPLIT_S`` programs may
            share a tile, each recomputing halo and core for its share of the output channels.
 ``auto``   on CUDA, the first call for a shape times the three (after their own autotuning, each as a
-           replayed CUDA graph: GPU time, not launch overhead) and caches the fastest (a mode that
-           fails to compile or launch there is left out, with a warning); where timing
+           replayed CUDA graph: GPU time, not launch overhead; the median of 5 rounds, the modes
+           in turn) and caches the fastest (a mode that fails to compile or launch there is left
+           out, with a warning); on an H200 (BENCHMARKS.md) ``split`` was the fastest kernel on 11
+           of 14 ResNet-18 layer/batch pairs and ``halo`` never clearly so; where timing
            is impossible (CUDA-graph capture, interpreter) a heuristic picks ``fused`` for at most
            4096 output pixels and at most 64 input channels, else ``split`` (``halo`` only when timed).
 
@@ -42,7 +44,7 @@ Ranks are zero-padded (:mod:`batude.kernels.pack`): ``R1`` to a power of two (it
 width), ``R2`` to a multiple of 16, so unaligned ranks pay the padded FLOPs (R1 = 245 runs as 256).
 
 Limits: zero padding only; ``R1p <= 512``; fewer than 2**31 elements per tensor; inference only (no
-autograd). The first call per shape autotunes (and ``auto`` times both modes), which synchronises:
+autograd). The first call per shape autotunes (and ``auto`` times the modes), which synchronises:
 make it outside CUDA-graph capture (warm up first, as CUDA-graph and ``torch.compile`` users do).
 Split-K sums in fp32 atomics (run-to-run nondeterministic in the last bits) and shares one
 self-cleaning workspace per device, as ``halo`` shares one scratch buffer per device and dtype:
