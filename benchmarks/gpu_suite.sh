@@ -49,7 +49,7 @@ PART=${PART:-kernels}
 mkdir -p "$OUT"
 if [ "${PACK:-0}" = 1 ]; then  # the device tool brings back at most 8 files: write elsewhere, pack into $OUT at exit
   PACKED=$OUT; OUT=$(mktemp -d)   # (also when stopped: `timeout 540 bash ...` sends TERM, and what is done comes back)
-  trap 'tar czf "$PACKED/gpu_suite.tgz" -C "$OUT" .' EXIT
+  trap 'tar czf "$PACKED/gpu_suite.tgz" -C "$OUT" .; rm -rf "$OUT"' EXIT
   trap 'exit 143' TERM INT
 fi
 if [ -d .whl ] && ! python3 -c "import tensorly" 2>/dev/null; then
@@ -73,7 +73,7 @@ python3 -c "import json; from batude.bench.env import environment; print(json.du
 if has kernels; then  # issue 6: correctness on the real compiler, then the speed table
   # compile-bound: spread over the CPU cores with pytest-xdist where the image has it; capped (KT_TIMEOUT s)
   XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${KT_WORKERS:-8}" || true)
-  timeout "${KT_TIMEOUT:-900}" python3 -m pytest -q -rs -p no:cacheprovider $XDIST --durations=10 -m gpu tests/kernels 2>&1 \
+  timeout --foreground "${KT_TIMEOUT:-900}" python3 -m pytest -q -rs -p no:cacheprovider $XDIST --durations=10 -m gpu tests/kernels 2>&1 \
     | tee "$OUT/kernel_tests.txt" || true
   python3 benchmarks/kernels_vs_cudnn.py $KERNELS --out "$OUT/kernels"
 fi

@@ -228,6 +228,7 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
         if r["backend"] == lut.timed_with and r.get("available") and r["predicted_ms"]:
             r["prediction_error"] = (r["predicted_ms"] - r["median_ms"]) / r["median_ms"]
     return {"batch": batch, "lut_backend": lut_backend, "lut_seconds": lut_seconds, "lut_model_ms": lut.model_ms,
+            "lut_layer_calls": lut.layer_calls,
             **info, "rows": rows, "plans": {n: p.to_dict() for n, (p, _) in plans.items()}}
 
 

@@ -34,9 +34,13 @@ def test_cuda_without_a_gpu_is_refused_everywhere_alike(device):
 def test_a_gpu_index_is_kept_and_checked():
     last = torch.cuda.device_count() - 1
     assert resolve_device(f"cuda:{last}") == torch.device("cuda", last)
-    assert resolve_device(f"cuda:{last}", make_current=True).index == torch.cuda.current_device() == last
-    # a bare "cuda" is whatever device is current (torch 2.11, the GPU image's, refuses set_device("cuda"))
-    assert resolve_device("cuda", make_current=True) == torch.device("cuda") and torch.cuda.current_device() == last
+    before = torch.cuda.current_device()
+    try:
+        assert resolve_device(f"cuda:{last}", make_current=True).index == torch.cuda.current_device() == last
+        # a bare "cuda" is whatever device is current (torch 2.11, the GPU image's, refuses set_device("cuda"))
+        assert resolve_device("cuda", make_current=True) == torch.device("cuda") and torch.cuda.current_device() == last
+    finally:
+        torch.cuda.set_device(before)  # later tests in this process keep their device
     assert _device_for(Backend.EAGER, f"cuda:{last}") == torch.device("cuda", last)
     with pytest.raises(BatudeError, match="GPU\\(s\\); use cuda:0"):
         resolve_device(f"cuda:{last + 1}")

@@ -159,7 +159,7 @@ class LatencyTable:
         problem = RankProblem.from_model(model, (1, *input_shape), config=SelectorConfig(multiple_of=1))
         inputs = layer_input_shapes(model, (1, *input_shape), [c.name for c in problem.candidates])
         runner = _runner_backend(backend, dev)
-        layer_calls = LAYER_CALLS if runner is Backend.CUDA_GRAPH else 1
+        layer_calls = _layer_calls(runner)
 
         def time(module: nn.Module, x: torch.Tensor, label: str, calls: int = layer_calls) -> float:
             if dev.type == "cuda" and x.dim() == 4:  # as batude.bench measures models on a GPU
@@ -216,11 +216,15 @@ class LatencyTable:
         return _runner_backend(self.key.get("backend", "eager"), torch.device(self.key["device"])).value
 
     def check(self, device: str, dtype: torch.dtype, batch: int, backend: str = "eager") -> None:
-        """Refuse to be used on another device, torch, dtype, batch or backend."""
+        """Refuse to be used on another device, torch, dtype, batch or backend, or timed another way."""
         here = table_key(torch.device(device), dtype, batch, backend)
         diff = [f"{k}: table {self.key.get(k)!r}, here {v!r}" for k, v in here.items() if self.key.get(k) != v]
         if diff:
             raise BatudeError(f"latency table was measured elsewhere ({'; '.join(diff)}); build one here with `batude lut build`")
+        calls = _layer_calls(_runner_backend(backend, torch.device(device)))
+        if self.layer_calls != calls:  # e.g. a CUDA-graph table built before layers were timed back to back
+            raise BatudeError(f"latency table timed each layer {self.layer_calls} call(s) per sample, tables are timed with "
+                              f"{calls} here (module docs); build it again with `batude lut build`")
 
     def predict(self, plan: RankPlan) -> tuple[float, dict[str, str]]:
         """Predicted model latency (ms) for ``plan``, each factorised layer in its fastest exact variant.
@@ -337,6 +341,11 @@ def deployed_model(dense: nn.Module, input_shape: Sequence[int], plan: RankPlan 
     if plan is not None:
         model = apply_plan_(model, plan, init=Init.EMPTY).eval()
     return apply_variants(model, variants or {}, plain=plain).eval()
+
+
+def _layer_calls(runner: Backend) -> int:
+    """Calls per timing sample of one layer: back to back where layers are replayed CUDA graphs (module docs)."""
+    return LAYER_CALLS if runner is Backend.CUDA_GRAPH else 1
 
 
 def _runner_backend(backend: str, dev: torch.device) -> Backend:

@@ -45,7 +45,7 @@ import enum
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -53,7 +53,8 @@ from batude.errors import BatudeError
 from batude.rank.budget import Metric
 from batude.rank.problem import Limit, RankProblem
 
-__all__ = ["HOLD", "Gains", "Score", "kept_gain", "kept_value", "budgeted_ranks", "enforce_limits", "fill_to_budget"]
+__all__ = ["HOLD", "Gains", "Score", "kept_gain", "kept_value", "budgeted_ranks", "cheaper_dense", "enforce_limits",
+           "fill_to_budget", "overrun"]
 
 Ranks = tuple[int, ...]
 HOLD = ("auto", "to-fit", "never")  # when the rule holds layers dense (step 3)
@@ -179,7 +180,7 @@ def budgeted_ranks(
     best = _allocate(problem, gains, start, limits, score, frozenset())
     while hold != "never" and (best.excess > 0 or improve):
         trials = [_allocate(problem, gains, start, limits, score, best.dense | {i})
-                  for i in _cheaper_dense(problem, best, [metric for metric, _ in limits])]
+                  for i in cheaper_dense(problem, best.ranks, [metric for metric, _ in limits])]
         better = min(trials, key=_Allocation.order, default=None)
         if better is None or better.order() >= best.order():
             break
@@ -212,9 +213,14 @@ def _allocate(problem: RankProblem, gains: Gains, start: Sequence[Ranks], limits
     ranks: list[Ranks | None] = [None if i in dense else r for i, r in enumerate(start)]
     for metric, value in [*limits, limits[0]]:  # a later limit can, in principle, undo the budget
         _remove_until(problem, gains, ranks, metric, value, score)
-    # relative overrun per limit; below 1e-12 it is the rounding of re-summing what _remove_until met
-    excess = sum(over for over in (_total(problem, ranks, metric) / value - 1.0 for metric, value in limits) if over > 1e-12)
+    excess = overrun((_total(problem, ranks, metric), value) for metric, value in limits)
     return _Allocation(ranks, excess, gains.kept(problem, ranks, score))
+
+
+def overrun(totals: Iterable[tuple[float, float]]) -> float:
+    """Sum of the relative overruns ``total / allowed - 1`` of ``(total, allowed)`` pairs; 0 when every
+    limit holds. Below 1e-12 an overrun is the rounding of re-summing costs that met the limit."""
+    return sum(over for over in (total / allowed - 1.0 for total, allowed in totals) if over > 1e-12)
 
 
 def _cost(problem: RankProblem, i: int, ranks: Ranks | None, metric: Metric) -> float:
@@ -226,9 +232,10 @@ def _total(problem: RankProblem, ranks: Sequence[Ranks | None], metric: Metric) 
     return problem.fixed_cost(metric) + sum(_cost(problem, i, r, metric) for i, r in enumerate(ranks))
 
 
-def _cheaper_dense(problem: RankProblem, alloc: _Allocation, metrics: Sequence[Metric]) -> list[int]:
-    """Layers not held dense whose dense form costs less than their chain in one of ``metrics``."""
-    return [i for i, r in enumerate(alloc.ranks)
+def cheaper_dense(problem: RankProblem, ranks: Sequence[Ranks | None], metrics: Sequence[Metric]) -> list[int]:
+    """Layers not held dense whose dense form costs less than their chain at ``ranks`` in one of ``metrics``:
+    the ones holding dense can help (step 3)."""
+    return [i for i, r in enumerate(ranks)
             if r is not None and any(problem.dense_cost(i, m) < problem.chain_cost(i, r, m) for m in metrics)]
 
 

@@ -12,7 +12,9 @@ need not fall with rank, and under a FLOPs limit with a latency cap (``--also la
 slower than its dense layer still counts as a chain (it saves FLOPs). Each round holds the layer,
 among those whose dense form is cheaper than their smallest chain in a limited metric, whose
 holding leaves the least overrun at the smallest ranks; the family then spans the other layers.
-Plans the family alone can meet are unchanged.
+Plans the family alone can meet are unchanged. Only limits in two or more metrics call for it: under
+one, a chain no cheaper than its dense layer already counts dense (:meth:`RankProblem.keeps_dense`),
+so a budget between a latency table's floor and the cost at minimum ranks stays out of reach.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from batude.errors import BatudeError
 from batude.functional.tucker import spectrum, unfold
 from batude.functional.vbmf import evbmf
 from batude.rank.budget import Budget
-from batude.rank.greedy import StepScore, fill_to_budget
+from batude.rank.greedy import StepScore, cheaper_dense, fill_to_budget, overrun
 from batude.rank.plan import RankPlan
 from batude.rank.latency import LatencyModel
 from batude.rank.problem import Candidate, Limit, RankProblem, SelectorConfig
@@ -54,8 +56,7 @@ def _unfoldings(cand: Candidate) -> list[torch.Tensor]:
 
 
 def _overrun(problem: RankProblem, ranks: Sequence[Ranks | None], limits: Sequence[Limit]) -> float:
-    """Sum over ``limits`` of the relative overrun of ``ranks`` (0 when all hold; below 1e-12 is rounding)."""
-    return sum(over for over in (problem.total(ranks, lim.metric) / lim.value - 1.0 for lim in limits) if over > 1e-12)
+    return overrun((problem.total(ranks, lim.metric), lim.value) for lim in limits)
 
 
 def _held(ranks: Sequence[Ranks], held: frozenset[int]) -> list[Ranks | None]:
@@ -68,8 +69,7 @@ def _hold_to_fit(problem: RankProblem, family: Family, lo: float, limits: Sequen
     held: frozenset[int] = frozenset()
     overrun = _overrun(problem, smallest, limits)
     while overrun > 0:
-        options = [i for i, r in enumerate(smallest) if i not in held and any(
-            problem.dense_cost(i, lim.metric) < problem.chain_cost(i, r, lim.metric) for lim in limits)]
+        options = cheaper_dense(problem, _held(smallest, held), [lim.metric for lim in limits])
         best = min(((_overrun(problem, _held(smallest, held | {i}), limits), i) for i in options), default=None)
         if best is None or best[0] >= overrun:
             break
@@ -79,7 +79,8 @@ def _hold_to_fit(problem: RankProblem, family: Family, lo: float, limits: Sequen
     return family if not held else (lambda p: _held(family(p), held))
 
 
-def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limits: Sequence[Limit]) -> tuple[float, list[Ranks]]:
+def _bisect(problem: RankProblem, family: Family, lo: float, hi: float,
+            limits: Sequence[Limit]) -> tuple[float, list[Ranks | None]]:
     """Largest parameter in [lo, hi] whose ranks fit ``limits``; raises when even ``family(lo)`` does not."""
     smallest = family(lo)
     for limit in limits:
@@ -104,13 +105,13 @@ def _bisect(problem: RankProblem, family: Family, lo: float, hi: float, limits: 
 
 
 def _select(problem: RankProblem, budget: Budget, family: Family, hi: float, score: StepScore,
-            also: Sequence[Budget] = ()) -> tuple[float, list[Ranks]]:
+            also: Sequence[Budget] = ()) -> tuple[float, list[Ranks | None]]:
     limits = problem.limits(budget, also)
     param, ranks = _bisect(problem, _hold_to_fit(problem, family, 0.0, limits), 0.0, hi, limits)
     return param, fill_to_budget(problem, ranks, limits[0].value, score, limits[1:])
 
 
-def uniform_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks]]:
+def uniform_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks | None]]:
     """One ratio ``r`` for every rank: ``R = ceil(r * full)`` snapped up to the grid."""
     fulls = [[g[-1] for g in c.grids] for c in problem.candidates]
 
@@ -135,7 +136,7 @@ def _energy_curves(problem: RankProblem) -> list[list[torch.Tensor]]:
     return curves
 
 
-def energy_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks]]:
+def energy_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks | None]]:
     """One global threshold ``t`` on the kept fraction of singular-value energy (sum of s^2).
 
     Each unfolding keeps the smallest rank whose leading singular values hold at least ``t`` of
@@ -160,7 +161,7 @@ def energy_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = 
     return {"energy_threshold": t}, ranks
 
 
-def vbmf_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks]]:
+def vbmf_ranks(problem: RankProblem, budget: Budget, also: Sequence[Budget] = ()) -> tuple[dict, list[Ranks | None]]:
     """EVBMF rank estimate per unfolding (Kim et al. 2016), scaled by one factor ``s`` to the budget."""
     estimates = problem.memo("vbmf_ranks", lambda: [
         [max(evbmf(matrix).rank, 1) for matrix in _unfoldings(c)] for c in problem.candidates

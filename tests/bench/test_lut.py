@@ -56,7 +56,11 @@ def test_build_covers_every_eligible_layer_and_round_trips(table, tmp_path):
     assert again.predict(plan) == lut.predict(plan) and again.layer_calls == 1
     saved = json.loads((tmp_path / "lut.json").read_text())
     (tmp_path / "graphed.json").write_text(json.dumps({**saved, "layer_calls": 10}))
-    assert LatencyTable.load(tmp_path / "graphed.json").layer_calls == 10
+    graphed = LatencyTable.load(tmp_path / "graphed.json")
+    assert graphed.layer_calls == 10
+    lut.check("cpu", torch.float32, lut.key["batch"], "eager")  # as built: accepted
+    with pytest.raises(BatudeError, match="timed each layer 10 call\\(s\\) per sample, tables are timed with 1 here"):
+        graphed.check("cpu", torch.float32, lut.key["batch"], "eager")  # timed another way: refused
     del saved["layer_calls"]  # a table built before the field: its layers were timed one call per sample
     (tmp_path / "old.json").write_text(json.dumps(saved))
     assert LatencyTable.load(tmp_path / "old.json").layer_calls == 1
