@@ -83,9 +83,12 @@ def test_latency_vs_flops_writes_results_and_plot(tmp_path):
 
 
 def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
+    # the CIFAR ResNet-20: torchvision's ResNet-18 (the default) took 160 s here, most of it the budget
+    # search's BC-ADL first Z-steps on its large unfoldings; the flow is the same
     bench = _script("latency_aware")
-    assert bench.main(["--device", "cpu", "--dtype", "fp32", "--batches", "2", "--input", "3,32,32", "--backends", "eager",
-                       "--points", "2", "--iters", "3", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    model = ["--model", "batude:resnet20"]
+    assert bench.main([*model, "--device", "cpu", "--dtype", "fp32", "--batches", "2", "--input", "3,32,32", "--backends",
+                       "eager", "--points", "2", "--iters", "3", "--warmup", "1", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "latency_aware.json").read_text())
     assert report["env"]["torch"] and report["args"]["flops"] == "2.52x"
     (batch,) = report["batches"]
@@ -107,8 +110,8 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
     # the saved table is reused by a later run (an experiment split across device sessions), and refused elsewhere
     assert (tmp_path / "lut_b2.json").is_file() and batch["lut_seconds"] > 0
     again = tmp_path / "again"
-    argv = ["--device", "cpu", "--dtype", "fp32", "--batches", "2", "--backends", "eager", "--points", "2", "--iters", "3",
-            "--warmup", "1", "--lut-dir", str(tmp_path)]
+    argv = [*model, "--device", "cpu", "--dtype", "fp32", "--batches", "2", "--backends", "eager", "--points", "2",
+            "--iters", "3", "--warmup", "1", "--lut-dir", str(tmp_path)]
     assert bench.main([*argv, "--input", "3,32,32", "--dense-backends", "compile-graph", "--out", str(again)]) == 0
     (reused,) = json.loads((again / "latency_aware.json").read_text())["batches"]
     assert reused["lut_seconds"] is None and reused["plans"]["oracle"] == batch["plans"]["oracle"]
@@ -129,7 +132,7 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
 
     # and the greedy rule's hold settings on that table (value kept, plan predictions; nothing measured)
     held = _script("held_dense")
-    assert held.main(["--lut", str(tmp_path / "lut_b2.json"), "--input", "3,32,32", "--budgets", "1.0,3.0",
+    assert held.main([*model, "--lut", str(tmp_path / "lut_b2.json"), "--input", "3,32,32", "--budgets", "1.0,3.0",
                       "--also", "2.52x", "--out", str(tmp_path / "held")]) == 0
     rows = json.loads((tmp_path / "held" / "held_dense.json").read_text())["rows"]
     assert [(r["factor"], r["hold"]) for r in rows] == [(f, h) for f in (1.0, 3.0) for h in ("auto", "to-fit", "never")]
