@@ -35,7 +35,7 @@ from batude.errors import BatudeError
 from batude.models.registry import ArchRef
 from batude.rank.plan import RankPlan, apply_plan_
 
-__all__ = ["Checkpoint", "save", "load", "load_checkpoint", "load_model"]
+__all__ = ["Checkpoint", "save", "load", "load_checkpoint", "load_model", "reference_model"]
 
 FORMAT = "batude-checkpoint"
 VERSION = 1
@@ -265,3 +265,9 @@ def load_model(spec: str, arch: str | None = None, trust_pickle: bool = False) -
         torch.manual_seed(0)
         model = ref.build(trusted=True).eval()
     return Checkpoint(model, arch=ref)
+
+
+def reference_model(spec: str) -> torch.nn.Module:
+    """:func:`load_model`'s model in eval mode, a bare name (``resnet18``) read as ``torchvision:resnet18``:
+    the benchmarks' ``--model``, whose saved runs name torchvision models bare."""
+    return load_model(spec if ":" in spec or Path(spec).exists() else f"torchvision:{spec}").model.eval()

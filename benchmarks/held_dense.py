@@ -28,7 +28,7 @@ from pathlib import Path
 
 from batude.bench.env import environment
 from batude.bench.lut import LatencyTable
-from batude.checkpoint import load_model
+from batude.checkpoint import reference_model
 from batude.errors import BatudeError
 from batude.rank.bcadl import BCADL, BCADLConfig
 from batude.rank.greedy import HOLD, budgeted_ranks, kept_value
@@ -45,14 +45,10 @@ def _args(argv=None):
     return p.parse_args(argv)
 
 
-def _dense(model: str):
-    """As ``latency_aware.py`` builds it: a checkpoint, or a reference built with seed 0."""
-    return load_model(model if ":" in model or Path(model).exists() else f"torchvision:{model}").model.eval()
-
 
 def rows_for(lut_path: str, model: str, shape, budgets: list[float], also: list[str]) -> list[dict]:
     lut = LatencyTable.load(lut_path)
-    dense = _dense(model)
+    dense = reference_model(model)
     config = BCADLConfig()  # ranks aligned for the table's dtype (default_multiple)
     rows = []
     for factor in budgets:

@@ -33,7 +33,7 @@ from torch import nn
 from batude._io import write_text_atomic
 from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
-from batude.bench.lut import LAYER_CALLS
+from batude.bench.lut import calls_per_layer_sample
 from batude.bench.timing import time_callable
 from batude.nn import TuckerConv2d
 from batude.nn.tucker_conv import ensure_kernels_importable
@@ -77,7 +77,7 @@ def _time(fn, x, args, device, batch, label, compile_: bool = False, layer: bool
     """
     graph = device.type == "cuda"
     backend = (Backend.COMPILE_GRAPH if compile_ else Backend.CUDA_GRAPH) if graph else Backend.EAGER
-    calls = LAYER_CALLS if graph and layer else 1
+    calls = calls_per_layer_sample(backend) if layer else 1
     with torch.inference_mode():
         run = torch_runner(fn, x, backend)  # warm-up (autotuning, compiling) on a side stream, then capture
     stats = time_callable(run, iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label, calls=calls)

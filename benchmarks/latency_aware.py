@@ -51,7 +51,7 @@ import torch
 from batude.bench.backends import measure
 from batude.bench.env import environment
 from batude.bench.lut import LatencyTable, deployed_model
-from batude.checkpoint import load_model
+from batude.checkpoint import reference_model
 from batude.errors import BatudeError
 from batude.export.lower import apply_variants
 from batude.rank import apply_plan_, select_ranks
@@ -287,10 +287,6 @@ def table(batches: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _dense(model: str):
-    """The dense model the plans are made for: a checkpoint, or a reference built with seed 0 (BC-ADL's first Z-step reads its weights)."""
-    return load_model(model if ":" in model or Path(model).exists() else f"torchvision:{model}").model.eval()
-
 
 def replan(folder: str | Path) -> list[dict]:
     """Each plan of a saved run made again on that run's tables: predicted ms then and now (see ``--replan``)."""
@@ -298,7 +294,7 @@ def replan(folder: str | Path) -> list[dict]:
     saved = json.loads((folder / "latency_aware.json").read_text())
     args = saved["args"]
     shape = (1, *(int(x) for x in args["input"].split(",")))
-    dense = _dense(args["model"])
+    dense = reference_model(args["model"])
     rows = []
     for b in saved["batches"]:
         lut = LatencyTable.load(folder / f"lut_b{b['batch']}.json")
@@ -351,7 +347,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     shape = (1, *(int(x) for x in args.input.split(",")))
-    dense = _dense(args.model)
+    dense = reference_model(args.model)
     batches = []
     for b in args.batches.split(","):  # the report is rewritten after each batch: a run cut short keeps what it measured
         batches.append(_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype))

@@ -503,6 +503,15 @@ def test_load_model_missing_path_without_colon():
         load_model("definitely_missing_checkpoint.pt")
 
 
+def test_reference_model_reads_a_bare_name_as_torchvision_and_passes_specs_and_paths_through(saved):
+    from batude.checkpoint import reference_model
+
+    bare, spec = reference_model("resnet18"), load_model("torchvision:resnet18").model
+    assert not bare.training and all(torch.equal(a, b) for a, b in zip(bare.state_dict().values(), spec.state_dict().values()))
+    assert isinstance(reference_model("batude:resnet20"), nn.Module)
+    assert torch.equal(_out(reference_model(str(saved))), _out(load_model(str(saved)).model))
+
+
 
 def test_saving_onto_a_folder_is_a_clear_error_and_files_get_normal_permissions(tmp_path):
     model = _dense()

@@ -53,7 +53,7 @@ from batude.rank.plan import RankPlan, apply_plan_
 from batude.rank.latency import predict_layers
 from batude.rank.problem import RankProblem, SelectorConfig, rank_grid
 
-__all__ = ["LatencyTable", "deployed_model", "table_key"]
+__all__ = ["LAYER_CALLS", "LatencyTable", "calls_per_layer_sample", "deployed_model", "table_key"]
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class LatencyTable:
         problem = RankProblem.from_model(model, (1, *input_shape), config=SelectorConfig(multiple_of=1))
         inputs = layer_input_shapes(model, (1, *input_shape), [c.name for c in problem.candidates])
         runner = _runner_backend(backend, dev)
-        layer_calls = _layer_calls(runner)
+        layer_calls = calls_per_layer_sample(runner)
 
         def time(module: nn.Module, x: torch.Tensor, label: str, calls: int = layer_calls) -> float:
             if dev.type == "cuda" and x.dim() == 4:  # as batude.bench measures models on a GPU
@@ -221,7 +221,7 @@ class LatencyTable:
         diff = [f"{k}: table {self.key.get(k)!r}, here {v!r}" for k, v in here.items() if self.key.get(k) != v]
         if diff:
             raise BatudeError(f"latency table was measured elsewhere ({'; '.join(diff)}); build one here with `batude lut build`")
-        calls = _layer_calls(_runner_backend(backend, torch.device(device)))
+        calls = calls_per_layer_sample(_runner_backend(backend, torch.device(device)))
         if self.layer_calls != calls:  # e.g. a CUDA-graph table built before layers were timed back to back
             raise BatudeError(f"latency table timed each layer {self.layer_calls} call(s) per sample, tables are timed with "
                               f"{calls} here (module docs); build it again with `batude lut build`")
@@ -255,7 +255,8 @@ class LatencyTable:
         """
         eligible = sum(t.dense_ms for t in self.layers.values())
         out: dict[str, Any] = {"key": self.key, "input_shape": self.input_shape, "model_ms": self.model_ms,
-                               "layer_calls": self.layer_calls, "other_ms": self.other_ms, "eligible_ms": eligible, "eligible_share": eligible / self.model_ms}
+                               "layer_calls": self.layer_calls, "other_ms": self.other_ms, "eligible_ms": eligible,
+                               "eligible_share": eligible / self.model_ms}
         if plan is not None:
             predicted, variants = self.predict(plan)
             planned = {l.name: l for l in plan.layers if l.ranks is not None}
@@ -343,7 +344,7 @@ def deployed_model(dense: nn.Module, input_shape: Sequence[int], plan: RankPlan 
     return apply_variants(model, variants or {}, plain=plain).eval()
 
 
-def _layer_calls(runner: Backend) -> int:
+def calls_per_layer_sample(runner: Backend) -> int:
     """Calls per timing sample of one layer: back to back where layers are replayed CUDA graphs (module docs)."""
     return LAYER_CALLS if runner is Backend.CUDA_GRAPH else 1
 
