@@ -40,6 +40,9 @@
 #                                                      #   trains the dense model first when DENSE is not given; LA_ARGS:
 #                                                      #   more latency_budget_accuracy.py options, e.g. "--compile default")
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
+#   PART=profile bash benchmarks/gpu_suite.sh          # `batude bench --profile`: GPU time per kernel category, idle share,
+#                                                      #   top kernels of dense vs uniform 2.52x ResNet-18 in CUDA graphs,
+#                                                      #   compiled+graphed and on the kernels, b64 and b1 (~4 min?: 4 compiles)
 #   SMOKE=1 PART=... bash benchmarks/gpu_suite.sh      # tiny schedule on the CPU: checks the script itself
 #   LUT_DIR=benchmarks/results/<dir> PART=...           # latency parts: reuse the tables a cut-short session saved
 set -euo pipefail
@@ -91,6 +94,12 @@ if has kernel-plans; then  # issue 7's kernel goals: >= 2.0x (b64) / >= 1.6x (b1
     KP="--device cpu --dtype fp32 --batches 1 --model batude:resnet20 --input 3,16,16 --backends eager --lut-backend triton --points 2 --iters 1 --warmup 0"; else
     KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends cuda-graph --model ${MODEL:-resnet18} --flops ${FLOPS:-2.52x}"; fi
   python3 benchmarks/latency_aware.py $KP $LUTS --out "$OUT/latency_aware_triton"
+fi
+if has profile; then  # issues 6, 7: where the time goes, kernel by kernel, dense vs uniform Tucker-2 on cuDNN, compiled, kernels
+  if [ "${SMOKE:-0}" = 1 ]; then PM="batude:resnet20"; PB="--device cpu --batch 2 --backend eager --iters 3 --warmup 1 --profile-calls 2"; else
+    PM="torchvision:${MODEL:-resnet18}"; PB="--device cuda --dtype fp16 --batch ${BATCHES:-64,1} --backend ${BACKENDS:-cuda-graph,compile-graph,triton}"; fi
+  python3 -m batude plan "$PM" --method uniform --budget "${FLOPS:-2.52x}" --out "$OUT/profile_plan.json"
+  python3 -m batude bench "$PM" --plan "$OUT/profile_plan.json" --compare-dense $PB --profile --out "$OUT/profile" | tee "$OUT/profile.txt"
 fi
 dense_model() {  # DENSE: the given Fashion-MNIST ResNet-20 checkpoint, else one trained here (kept under $OUT/dense)
   DENSE=${DENSE:-}

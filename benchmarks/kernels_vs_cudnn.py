@@ -9,7 +9,9 @@ towards 1x at batch 1): ``dense`` (one cuDNN conv), ``chain`` (the 3 cuDNN convs
 what ``mode="auto"`` picks). Whole model: ResNet-18 with a uniform 2.52x plan, rewritten by
 ``fuse_resnet_`` (BN folded, ReLU and residual add in the kernels' epilogues), against the dense
 ResNet-18 with BN folded (eager and ``torch.compile``, both in CUDA graphs; the faster is the
-baseline) and the unfused Tucker chain. Everything is measured in this process; the goals of the
+baseline) and the unfused Tucker chain; each whole-model row is also profiled (GPU time per kernel
+category, the GPU's idle share, the top kernels: ``batude.bench.profile``) and the profiles of a
+batch are printed side by side. Everything is measured in this process; the goals of the
 kernels issue are evaluated and printed. Writes ``kernels_vs_cudnn.json`` and ``.png`` to ``--out``.
 
     python benchmarks/kernels_vs_cudnn.py --out bench_kernels            # H100/H200: about 3-4 minutes
@@ -34,6 +36,8 @@ from batude._io import write_text_atomic
 from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
 from batude.bench.lut import calls_per_layer_sample
+from batude.bench.profile import profile_runner
+from batude.bench.report import profile_tables
 from batude.bench.timing import time_callable
 from batude.nn import TuckerConv2d
 from batude.nn.tucker_conv import ensure_kernels_importable
@@ -64,6 +68,7 @@ def _args(argv=None):
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--budget-s", type=float, default=190.0, help="stop starting new measurements after this many seconds")
     p.add_argument("--layer-budget-s", type=float, default=90.0, help="share of the budget for the per-layer part")
+    p.add_argument("--profile-calls", type=int, default=20, help="replays per whole-model profile")
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--smoke", action="store_true", help="CPU under TRITON_INTERPRET=1, tiny shapes, one iteration")
     return p.parse_args(argv)
@@ -73,7 +78,8 @@ def _time(fn, x, args, device, batch, label, compile_: bool = False, layer: bool
     """Time ``fn(x)``: on CUDA replayed as a CUDA graph (compiled first with ``compile_``), eagerly on the CPU.
 
     A ``layer`` on CUDA is timed as latency tables time layers, ``LAYER_CALLS`` replays back to back
-    per sample (as inside a graphed model: no launch from an idle GPU per layer); models one replay.
+    per sample (as inside a graphed model: no launch from an idle GPU per layer); models one replay,
+    then are profiled (``profile``: GPU time per kernel category, idle share, top kernels).
     """
     graph = device.type == "cuda"
     backend = (Backend.COMPILE_GRAPH if compile_ else Backend.CUDA_GRAPH) if graph else Backend.EAGER
@@ -81,7 +87,10 @@ def _time(fn, x, args, device, batch, label, compile_: bool = False, layer: bool
     with torch.inference_mode():
         run = torch_runner(fn, x, backend)  # warm-up (autotuning, compiling) on a side stream, then capture
     stats = time_callable(run, iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label, calls=calls)
-    return {**stats.to_dict(), "cuda_graph": graph, "calls_per_sample": calls}
+    row = {**stats.to_dict(), "cuda_graph": graph, "calls_per_sample": calls}
+    if not layer:
+        row["profile"] = profile_runner(run, device, args.profile_calls, stats.median_ms).to_dict()
+    return row
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -190,6 +199,9 @@ def model_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
         best_dense = min((r["median_ms"] for r in done if r["model"] == "dense"), default=None)
         for r in done:
             r["speedup_vs_best_dense"] = best_dense / r["median_ms"] if best_dense else None
+    # every variant of a batch side by side (profile_tables groups by backend, batch and dtype)
+    print(profile_tables([{**r, "model": f"{r['model']} {r['backend']}", "backend": "whole model",
+                           "dtype": str(dtype).replace("torch.", "")} for r in rows if "profile" in r]), flush=True)
     return rows
 
 
@@ -253,7 +265,7 @@ def main(argv=None) -> int:
             print("--smoke runs the kernels under Triton's interpreter: set TRITON_INTERPRET=1", file=sys.stderr)
             return 2
         device, dtype, batches = torch.device("cpu"), torch.float32, [1, 2]
-        args.iters, args.warmup = 1, 0
+        args.iters, args.warmup, args.profile_calls = 1, 0, 1
     else:
         if not torch.cuda.is_available():
             print("needs a CUDA GPU (or --smoke under TRITON_INTERPRET=1 on the CPU)", file=sys.stderr)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from batude._device import resolve_device
+from batude.bench.profile import profile_runner
 from batude.bench.timing import Stats, time_callable
 from batude.errors import BatudeError
 
@@ -165,10 +166,13 @@ def _exported_runner(model: nn.Module, backend: Backend, input_shape: tuple[int,
 
 def measure(model: nn.Module, backends: Sequence[Backend | str], input_shape: Sequence[int], batches: Sequence[int],
             dtype: torch.dtype = torch.float32, iters: int = 50, warmup: int = 10, device: str | None = None,
-            label: str = "", progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
+            label: str = "", progress: Callable[[int, int, str], None] | None = None,
+            profile_calls: int = 0) -> list[dict]:
     """Time ``model`` on every (backend, batch); unavailable backends are reported with the reason.
 
     ``progress(i, n, what)`` is called before each of the ``n`` cells and once with ``i == n``.
+    ``profile_calls`` > 0: after timing, profile that many calls of each runner
+    (:func:`batude.bench.profile.profile_runner`) into the entry's ``profile``.
     """
     results = []
     cells = [(backend, batch) for backend in map(Backend, backends) for batch in batches]
@@ -181,6 +185,8 @@ def measure(model: nn.Module, backends: Sequence[Backend | str], input_shape: Se
             stats: Stats = time_callable(runner.run, iters=iters, warmup=warmup, device=runner.device,
                                          batch=int(batch), label=f"{label} {backend.value} b{batch}")
             entry.update(available=True, device=str(runner.device), **stats.to_dict())
+            if profile_calls:
+                entry["profile"] = profile_runner(runner.run, runner.device, profile_calls, stats.median_ms).to_dict()
         except BackendUnavailable as err:
             entry.update(available=False, reason=str(err))
             log.info("%s unavailable: %s", backend.value, err)

@@ -13,7 +13,7 @@ from batude._io import check_out_dir, write_text_atomic
 from batude.bench.backends import Backend, measure
 from batude.bench.env import environment
 from batude.bench.lut import table_key
-from batude.bench.report import add_speedups, latency_table, plot_speedup
+from batude.bench.report import add_speedups, latency_table, plot_speedup, profile_tables
 from batude.cli._common import ProgressBar, add_model_args, device_arg, load_from_args, non_negative_int, positive_int
 from batude.cli.model_cmds import apply_with_progress, plan_for
 from batude.errors import BatudeError
@@ -51,7 +51,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     bar = ProgressBar()
     for name, model in models.items():
         rows = measure(model, args.backend, per_image, args.batch, dtype, args.iters, args.warmup, args.device, label=name,
-                       progress=lambda i, n, what: bar("measuring", i, n, note=what))
+                       progress=lambda i, n, what: bar("measuring", i, n, note=what), profile_calls=args.profile_calls if args.profile else 0)
         for r in rows:
             r["macs"] = macs[name]
             r["flops_reduction"] = macs.get("dense", macs[name]) / macs[name] if "dense" in macs else None
@@ -61,6 +61,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise BatudeError(f"nothing could be measured here ({reasons})")
     add_speedups(results)
     print(latency_table(results))
+    if args.profile:
+        print(profile_tables(results))
     if plan is not None and plan.latency:
         _predicted_vs_measured(plan, results)
     layers = _per_layer(args, models, shape, dtype) if args.per_layer else None
@@ -144,5 +146,9 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=non_negative_int, default=10)
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda for the torch backends (default cpu)")
     p.add_argument("--per-layer", action="store_true", help="also time each Tucker layer: dense vs every exact chain variant")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile each row: time per kernel category (GPU) or top-level operator (CPU), "
+                        "the GPU's idle share, the top kernels (also in latency.json)")
+    p.add_argument("--profile-calls", type=positive_int, default=20, help="calls per profile (default 20)")
     p.add_argument("--out", default=None, help="folder for latency.json and speedup_vs_flops.png")
     p.set_defaults(func=_cmd_bench)

@@ -33,6 +33,10 @@ def test_smoke_run_writes_json_and_plot(tmp_path):
     assert models == {(m, b, n) for m, b in (("dense", "eager"), ("triton", "fused"), ("chain", "eager")) for n in (1, 2)}
     triton = [r for r in report["model"] if r["model"] == "triton"]
     assert all(r["rel_err_vs_chain"] < 1e-4 and r["speedup_vs_best_dense"] > 0 and r["flops_reduction"] > 1.9 for r in triton)
+    # each whole-model row is profiled: the fused model's time is in its kernels' custom ops, the chain's in convs
+    assert all(r["profile"]["categories"][0]["category"] == "batude kernels" for r in triton)
+    chain = [r for r in report["model"] if r["model"] == "chain"]
+    assert all(r["profile"]["categories"][0]["category"] == "convolution" for r in chain)
     assert report["goals"] and all(set(g) == {"goal", "target", "measured", "met"} for g in report["goals"])
     assert (tmp_path / "kernels_vs_cudnn.png").stat().st_size > 1000
 
