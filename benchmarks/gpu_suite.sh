@@ -24,7 +24,9 @@
 #   PART=kernel-plans bash benchmarks/gpu_suite.sh     # latency-aware plans on a table with the kernels: ResNet-18
 #                                                      #   b64 (100 s; H200 with the halo mode: 72 s, b1 93 s);
 #                                                      #   BATCHES=1 and MODEL=resnet50 FLOPS=2.97x: 176 s together
-#                                                      #   (then with compile rows, now with dense compile-graph instead)
+#                                                      #   (then with compile rows, now with dense compile-graph instead;
+#                                                      #   now also triton-compile: the plans on the kernels compiled and
+#                                                      #   graphed, against compiled dense: 5 more compiles per batch)
 #   PART=accuracy BUDGETS=2.5x METHODS=batude,uniform DENSE=benchmarks/results/fmnist_resnet20_dense30/model.pt
 #                                                      #   BATUDE vs uniform at 2.5x, 10+10 epochs each, one run after
 #                                                      #   another (173-192 s a run eager on 2026-11-26: plain epoch 5.9 s,
@@ -42,7 +44,8 @@
 #   PART=tests bash benchmarks/gpu_suite.sh            # every gpu/trt-marked test outside kernels/
 #   PART=profile bash benchmarks/gpu_suite.sh          # `batude bench --profile`: GPU time per kernel category, idle share,
 #                                                      #   top kernels of dense vs uniform 2.52x ResNet-18 in CUDA graphs,
-#                                                      #   compiled+graphed and on the kernels, b64 and b1 (~4 min?: 4 compiles)
+#                                                      #   compiled+graphed, on the kernels (graphed; compiled+graphed),
+#                                                      #   b64 and b1 (~5 min?: 6 compiles, the kernels' autotuning)
 #   SMOKE=1 PART=... bash benchmarks/gpu_suite.sh      # tiny schedule on the CPU: checks the script itself
 #   LUT_DIR=benchmarks/results/<dir> PART=...           # latency parts: reuse the tables a cut-short session saved
 set -euo pipefail
@@ -92,12 +95,12 @@ fi
 if has kernel-plans; then  # issue 7's kernel goals: >= 2.0x (b64) / >= 1.6x (b1) faster than the best dense backend
   if [ "${SMOKE:-0}" = 1 ]; then  # the interpreter: a small CIFAR ResNet-20 at 16x16
     KP="--device cpu --dtype fp32 --batches 1 --model batude:resnet20 --input 3,16,16 --backends eager --lut-backend triton --points 2 --iters 1 --warmup 0"; else
-    KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends cuda-graph --model ${MODEL:-resnet18} --flops ${FLOPS:-2.52x}"; fi
+    KP="--lut-backend triton --batches ${BATCHES:-64} --points 3 --backends ${BACKENDS:-cuda-graph,triton-compile} --model ${MODEL:-resnet18} --flops ${FLOPS:-2.52x}"; fi
   python3 benchmarks/latency_aware.py $KP $LUTS --out "$OUT/latency_aware_triton"
 fi
 if has profile; then  # issues 6, 7: where the time goes, kernel by kernel, dense vs uniform Tucker-2 on cuDNN, compiled, kernels
   if [ "${SMOKE:-0}" = 1 ]; then PM="batude:resnet20"; PB="--device cpu --batch 2 --backend eager --iters 3 --warmup 1 --profile-calls 2"; else
-    PM="torchvision:${MODEL:-resnet18}"; PB="--device cuda --dtype fp16 --batch ${BATCHES:-64,1} --backend ${BACKENDS:-cuda-graph,compile-graph,triton}"; fi
+    PM="torchvision:${MODEL:-resnet18}"; PB="--device cuda --dtype fp16 --batch ${BATCHES:-64,1} --backend ${BACKENDS:-cuda-graph,compile-graph,triton,triton-compile}"; fi
   python3 -m batude plan "$PM" --method uniform --budget "${FLOPS:-2.52x}" --out "$OUT/profile_plan.json"
   python3 -m batude bench "$PM" --plan "$OUT/profile_plan.json" --compare-dense $PB --profile --out "$OUT/profile" | tee "$OUT/profile.txt"
 fi

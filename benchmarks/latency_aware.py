@@ -16,7 +16,7 @@ then four plans at >= ``--flops`` fewer FLOPs are made and measured in the same 
 Every model is lowered (variants, BatchNorm folded) before timing, dense too. Reports measured and
 predicted ms, the table's prediction error (on the rows timed as the table times: eager, or CUDA
 graphs), speed-up over dense in the same backend (the ``triton`` backend's dense is cuDNN in a CUDA
-graph), and each plan's measured speed-up as a share of the oracle's.
+graph, ``triton-compile``'s dense compiled and graphed), and each plan's measured speed-up as a share of the oracle's.
 Each table is saved to ``--out`` as ``lut_b<batch>.json`` as soon as it is measured, and the report
 after each batch; ``--lut-dir`` reuses saved tables (same GPU, software, dtype, backend and input),
 so an experiment can be split across device sessions.
@@ -26,7 +26,8 @@ so every plan may put layers on the kernel. Lowering would drop the kernels, so 
 with BatchNorm folded before factorising (kernel layers on the kernel, the others as plain cuDNN
 convs; :func:`batude.bench.lut.deployed_model`) and also with the ``triton`` backend
 (``fuse_resnet_``: BN folded, ReLU and residual add in the kernels' epilogues; ``uniform`` then
-runs every layer on the kernel). ``vs best dense`` divides by the fastest dense backend of the
+runs every layer on the kernel), and, with ``triton-compile`` in ``--backends``, that model compiled
+and graphed as dense is (its speed-up is over compiled dense). ``vs best dense`` divides by the fastest dense backend of the
 batch (the kernels issue's baseline: cuDNN, BN folded, compiled or graphed; on CUDA the dense model
 is also timed compiled and graphed, ``--dense-backends compile-graph``).
 
@@ -59,6 +60,10 @@ from batude.rank.bcadl import BCADL, BCADLConfig
 from batude.rank.budget import Budget, Metric
 from batude.rank.latency import fastest_plan, oracle_share
 from batude.rank.problem import RankProblem, SelectorConfig
+
+# the dense model a kernel backend's plans are compared with: cuDNN, BN folded, graphed (triton) or compiled and
+# graphed (triton-compile: the same compilation around the kernels)
+KERNEL_DENSE = {"triton": "cuda-graph", "triton-compile": "compile-graph"}
 
 
 def _args(argv=None):
@@ -212,9 +217,10 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
     extra = args.dense_backends if args.dense_backends is not None else ("compile-graph" if args.device == "cuda" else "")
     for name, (model, fused, plan) in models.items():
         mine = backends + [b for b in extra.split(",") if b and b not in backends] if name == "dense" else backends
-        runs = [(model, [b for b in mine if b != "triton" or fused is None])]
-        if fused is not None:
-            runs.append((fused, ["triton"]))
+        # dense has no factorised layer to put on a kernel: a kernel backend's plans are compared with KERNEL_DENSE
+        runs = [(model, [b for b in mine if b not in KERNEL_DENSE or (fused is None and name != "dense")])]
+        if fused is not None:  # "triton" always, "triton-compile" when asked for
+            runs.append((fused, ["triton"] + [b for b in backends if b == "triton-compile"]))
         for r in (r for m, names in runs for r in measure(m, names, shape[1:], [batch], dtype, args.iters, args.warmup,
                                                            args.device, label=name)):
             record = plan.latency if plan else {"predicted_ms": lut.model_ms, "speedup": 1.0}
@@ -233,14 +239,14 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
 
 
 def _speedups(rows: list[dict]) -> None:
-    dense = [r["median_ms"] for r in rows if r["plan"] == "dense" and r.get("available")]
+    dense = {r["backend"]: r for r in rows if r["plan"] == "dense" and r.get("available")}
+    best = min((r["median_ms"] for r in dense.values()), default=None)
     for r in rows:
-        if dense and r.get("available"):
-            r["speedup_vs_best_dense"] = min(dense) / r["median_ms"]
-    graphed = next((r for r in rows if r["plan"] == "dense" and r["backend"] == "cuda-graph" and r.get("available")), None)
+        if best and r.get("available"):
+            r["speedup_vs_best_dense"] = best / r["median_ms"]
     for backend in {r["backend"] for r in rows}:
         mine = {r["plan"]: r for r in rows if r["backend"] == backend and r.get("available")}
-        base = mine.get("dense", graphed if backend == "triton" else None)  # triton's dense: cuDNN in a CUDA graph
+        base = mine.get("dense", dense.get(KERNEL_DENSE.get(backend)))  # a kernel backend's dense: cuDNN run that way
         if base is None:
             continue
         for r in mine.values():

@@ -157,16 +157,20 @@ def test_latency_aware_table_from_a_saved_report_measures_nothing(capsys):
 
 
 def test_latency_aware_triton_rows_are_compared_with_graphed_cudnn_dense():
-    """The triton backend measures no dense model of its own: its baseline is dense cuDNN in a CUDA graph."""
+    """The kernel backends measure no dense model of their own: triton's baseline is dense cuDNN in a CUDA graph,
+    triton-compile's dense compiled and graphed (compile-graph), like for like."""
     bench = _script("latency_aware")
     row = lambda plan, backend, ms: {"plan": plan, "backend": backend, "median_ms": ms, "available": True}  # noqa: E731
     rows = [row("dense", "cuda-graph", 2.0), row("dense", "compile", 1.0), row("oracle", "cuda-graph", 1.6),
-            row("batude", "triton", 1.0), row("oracle", "triton", 0.8)]
+            row("batude", "triton", 1.0), row("oracle", "triton", 0.8), row("dense", "compile-graph", 0.9),
+            row("batude", "triton-compile", 0.6), row("oracle", "triton-compile", 0.5)]
     bench._speedups(rows)
     assert rows[3]["speedup"] == 2.0 and rows[4]["speedup"] == 2.5  # over the cuda-graph dense
+    assert rows[6]["speedup"] == pytest.approx(1.5) and rows[7]["speedup"] == pytest.approx(1.8)  # over compile-graph
+    assert rows[6]["share_of_oracle"] == pytest.approx(1.5 / 1.8) and rows[6]["speedup_vs_best_dense"] == pytest.approx(1.5)
     assert rows[3]["share_of_oracle"] == pytest.approx(0.8)  # within the triton backend
     assert rows[3]["share_of_oracle_gain"] == pytest.approx(1.0 / 1.5)  # 2x of a 2.5x oracle: 1.0 of its 1.5 gain
-    assert rows[3]["speedup_vs_best_dense"] == 1.0  # the compiled dense is the best dense
+    assert rows[3]["speedup_vs_best_dense"] == pytest.approx(0.9)  # the compiled and graphed dense is the best dense
     assert "| 1 | triton | batude |" in bench.table([{"batch": 1, "rows": [{**rows[3], "macs_reduction": 2.5,
                                                                            "predicted_speedup": None, "predicted_ms": None}]}])
 

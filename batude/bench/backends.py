@@ -1,4 +1,5 @@
-"""Latency backends behind one interface: eager, CUDA graphs, torch.compile (plain or graphed), onnxruntime, TensorRT, Triton.
+"""Latency backends behind one interface: eager, CUDA graphs, torch.compile (plain or graphed), onnxruntime, TensorRT,
+batude's Triton kernels (graphed, or compiled and graphed).
 
 :func:`make_runner` prepares a model for one backend, batch and dtype and returns a zero-argument
 callable that runs one batch with its inputs already in place (no host-device copies inside the
@@ -9,6 +10,9 @@ instead of crashing.
 ``triton``: batude's fused Triton kernels (:mod:`batude.kernels`) replayed in a CUDA graph. A
 torchvision/batude ResNet is rewritten by ``fuse_resnet_`` (BatchNorm folded, ReLU and residual
 add in the kernels' epilogues); any other factorised layer gets ``impl="triton"``.
+``triton-compile``: the same model compiled as ``compile-graph`` compiles (frozen weights; the
+kernels are custom ops Inductor calls as they are, and it fuses what runs around them: the stem,
+pooling, dense layers' epilogues), then replayed: the like-for-like rival of compiled dense.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from batude.bench.profile import profile_runner
 from batude.bench.timing import Stats, time_callable
 from batude.errors import BatudeError
 
-__all__ = ["Backend", "BackendUnavailable", "Runner", "make_runner", "measure", "torch_runner"]
+__all__ = ["Backend", "BackendUnavailable", "KERNEL_BACKENDS", "Runner", "make_runner", "measure", "torch_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,10 @@ class Backend(str, enum.Enum):
     ORT = "onnxruntime"
     TRT = "tensorrt"
     TRITON = "triton"
+    TRITON_COMPILE = "triton-compile"
+
+
+KERNEL_BACKENDS = (Backend.TRITON, Backend.TRITON_COMPILE)  # the model on batude's kernels
 
 
 class BackendUnavailable(BatudeError):
@@ -63,7 +71,7 @@ def _device_for(backend: Backend, device: str | None) -> torch.device:
 
     A CUDA device becomes the current one (streams, graphs and timing events use the current device).
     """
-    gpu_only = backend in (Backend.CUDA_GRAPH, Backend.COMPILE_GRAPH, Backend.TRT, Backend.TRITON)
+    gpu_only = backend in (Backend.CUDA_GRAPH, Backend.COMPILE_GRAPH, Backend.TRT) + KERNEL_BACKENDS
     if gpu_only and not torch.cuda.is_available():
         raise BackendUnavailable(f"{backend.value} needs a CUDA GPU; none is available here")
     if gpu_only and not str(device or "").startswith("cuda"):
@@ -116,9 +124,11 @@ def make_runner(model: nn.Module, backend: Backend | str, input_shape: Sequence[
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if backend is Backend.TRITON:
+    runs_as = backend
+    if backend in KERNEL_BACKENDS:
         model = _with_kernels(model)
-    return Runner(backend, torch_runner(model, x, backend), dev, batch, dtype)
+        runs_as = Backend.COMPILE_GRAPH if backend is Backend.TRITON_COMPILE else Backend.CUDA_GRAPH
+    return Runner(backend, torch_runner(model, x, runs_as), dev, batch, dtype)
 
 
 def _with_kernels(model: nn.Module) -> nn.Module:

@@ -57,11 +57,11 @@ def test_bench_triton_backend_is_reported_unavailable_without_cuda():
 
     from batude.bench.backends import Backend, measure
 
-    assert Backend("triton") is Backend.TRITON
+    assert Backend("triton") is Backend.TRITON and Backend("triton-compile") is Backend.TRITON_COMPILE
     if torch.cuda.is_available():
         return
-    rows = measure(_compressed_resnet20(), ["triton"], (1, 28, 28), [1], iters=1, warmup=0, label="c")
-    assert rows[0]["available"] is False and "CUDA GPU" in rows[0]["reason"]
+    rows = measure(_compressed_resnet20(), ["triton", "triton-compile"], (1, 28, 28), [1], iters=1, warmup=0, label="c")
+    assert all(r["available"] is False and "CUDA GPU" in r["reason"] for r in rows)
 
 
 @gpu
@@ -73,5 +73,9 @@ def test_gpu_bench_triton_backend_runs_the_fused_model():
     model = _compressed_resnet20()
     runner = make_runner(model, "triton", (1, 28, 28), 4, torch.float16)
     runner.run()
-    rows = measure(model, ["cuda-graph", "triton"], (1, 28, 28), [1, 8], torch.float16, iters=5, warmup=2, label="c")
+    rows = measure(model, ["cuda-graph", "triton", "triton-compile"], (1, 28, 28), [1, 8], torch.float16, iters=5,
+                   warmup=2, label="c", profile_calls=5)
     assert all(r["available"] and r["median_ms"] > 0 for r in rows), rows
+    for r in rows:  # the kernels' time is in batude's kernels, compiled or not
+        kernels = {c["category"]: c for c in r["profile"]["categories"]}
+        assert ("batude kernels" in kernels) == (r["backend"] != "cuda-graph"), (r["backend"], kernels)
