@@ -44,35 +44,42 @@ def _short(name: str, width: int = 72) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
+def _category_lines(rows: Sequence[dict]) -> list[str]:
+    """Rows: one per category (the heaviest first), a cell per model: ms per call and share of its busy time."""
+    by_model = [{c["category"]: c for c in r["profile"]["categories"]} for r in rows]
+    order = sorted({g for cats in by_model for g in cats}, key=lambda g: -max(cats.get(g, {}).get("ms", 0.0) for cats in by_model))
+    lines = []
+    for g in order:
+        cells = [f"{cats[g]['ms']:.3f} ({100 * cats[g]['share']:.0f}%)" if g in cats else "-" for cats in by_model]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def profile_tables(results: Sequence[dict], top: int = 5) -> str:
     """Where the time goes, per (backend, batch, dtype): the profiled models' categories side by side
-    (ms per call, share of the busy time), their busy and idle time, and each model's top names."""
+    (ms per call, share of the busy time), their busy and measured time, the GPU's idle share, and
+    each model's ``top`` names."""
     out = []
     for key in dict.fromkeys(_key(r) for r in results if r.get("profile")):
         rows = [r for r in results if _key(r) == key and r.get("profile")]
         backend, batch, dtype = key
-        level = rows[0]["profile"]["level"]
         if not any(r["profile"]["events"] for r in rows):
             out.append(f"\nwhere the time goes: {backend}, batch {batch}: nothing recorded ({backend} runs outside "
                        "PyTorch's profiler here)")
             continue
-        what = "GPU kernel time" if level == "kernels" else "CPU time of top-level operators"
-        out.append(f"\nwhere the time goes: {backend}, batch {batch}, {dtype} ({what}, ms per call)")
-        out.append("| category | " + " | ".join(r["model"] for r in rows) + " |")
-        out.append("|---|" + "---|" * len(rows))
-        groups = {r["model"]: {c["category"]: c for c in r["profile"]["categories"]} for r in rows}
-        order = sorted({g for cats in groups.values() for g in cats}, key=lambda g: -max(c.get(g, {}).get("ms", 0) for c in groups.values()))
-        for g in order:
-            cells = [f"{groups[r['model']][g]['ms']:.3f} ({100 * groups[r['model']][g]['share']:.0f}%)" if g in groups[r["model"]] else "-"
-                     for r in rows]
-            out.append(f"| {g} | " + " | ".join(cells) + " |")
+        kernels = rows[0]["profile"]["level"] == "kernels"
+        what = "GPU kernel time" if kernels else "CPU time of top-level operators"
+        out += [f"\nwhere the time goes: {backend}, batch {batch}, {dtype} ({what}, ms per call)",
+                "| category | " + " | ".join(r["model"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+        out += _category_lines(rows)
         out.append("| **sum** | " + " | ".join(f"{r['profile']['busy_ms']:.3f}" for r in rows) + " |")
         out.append("| measured median | " + " | ".join(f"{r['median_ms']:.3f}" for r in rows) + " |")
-        if level == "kernels":
+        if kernels:
             out.append("| GPU idle share | " + " | ".join(f"{100 * r['profile']['idle_share']:.0f}%" for r in rows) + " |")
         for r in rows:
-            out.append(f"{r['model']}, top {min(top, len(r['profile']['top']))} (ms per call, calls): " + "; ".join(
-                f"{_short(t['name'])} {t['ms']:.3f} x{t['launches']:g}" for t in r["profile"]["top"][:top]))
+            names = r["profile"]["top"][:top]
+            listed = "; ".join(f"{_short(t['name'])} {t['ms']:.3f} x{t['launches']:g}" for t in names) or "nothing recorded"
+            out.append(f"{r['model']}, top {len(names)} (ms per call, calls per call): {listed}")
     return "\n".join(out)
 
 

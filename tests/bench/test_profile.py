@@ -118,3 +118,16 @@ def test_a_gpu_profile_sees_the_kernels_of_a_replayed_cuda_graph(compressed):
         assert p["level"] == "kernels" and p["events"] > 0, r["backend"]
         assert any(c["category"] == "convolution" for c in p["categories"]), p["categories"]
         assert 0 < p["busy_ms"] < 1.5 * r["median_ms"] and p["idle_share"] is not None
+
+
+def test_kernel_profiles_report_the_gpu_idle_share_side_by_side():
+    dense = summarize_events([("sm90_xmma_fprop_implicit_gemm_nhwc", 80.0), ("vectorized_elementwise_kernel", 20.0)], 1,
+                             "kernels", measured_ms=0.125)
+    tucker = summarize_events([("_tucker2_kernel", 60.0), ("_pointwise_kernel", 10.0)], 1, "kernels", measured_ms=0.1)
+    row = lambda model, p: {"model": model, "backend": "cuda-graph", "batch": 64, "dtype": "float16",  # noqa: E731
+                            "median_ms": p.measured_ms, "profile": p.to_dict()}
+    text = profile_tables([row("dense", dense), row("compressed", tucker)])
+    assert "(GPU kernel time, ms per call)" in text
+    assert "| convolution | 0.080 (80%) | - |" in text and "| batude kernels | - | 0.070 (100%) |" in text
+    assert "| GPU idle share | 20% | 30% |" in text
+    assert "compressed, top 2 (ms per call, calls per call): _tucker2_kernel 0.060 x1; _pointwise_kernel 0.010 x1" in text
