@@ -16,7 +16,7 @@ import logging
 
 import torch
 
-__all__ = ["SPLIT_K_MAX_ROWS", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "heuristic_halo", "autotuned",
+__all__ = ["SPLIT_K_MAX_ROWS", "MIN_SPLIT_N_WIDTH", "parts", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "heuristic_halo", "autotuned",
            "candidates", "KERNELS", "workspace", "scratch", "num_sms", "next_pow2", "launch_fitting", "out_of_resources",
            "halo_block_m", "halo_rows", "halo_grid", "halo_slot"]
 
@@ -25,18 +25,26 @@ log = logging.getLogger(__name__)
 SPLIT_K_MAX_ROWS = 4096  # split-K (and its fp32 workspace of M*S) only for at most this many output pixels
 _MAX_ACC = 16384  # fp32 accumulator elements per program (BLOCK_M * RP)
 
-# (BLOCK_M, BLOCK_K, BLOCK_S, SPLIT_K, num_warps, num_stages)
+# (BLOCK_M, BLOCK_K, BLOCK_S, SPLIT_K, SPLIT_N, num_warps, num_stages)
 _TUCKER2 = [
-    (16, 64, 64, 1, 4, 2), (16, 64, 64, 4, 4, 2), (16, 32, 64, 9, 4, 2),
-    (32, 64, 64, 1, 4, 3), (32, 64, 64, 3, 4, 3),
-    (64, 64, 64, 1, 4, 3), (64, 64, 128, 1, 8, 3), (64, 32, 64, 1, 8, 4),
-    (128, 32, 64, 1, 8, 3),
+    (16, 64, 64, 1, 1, 4, 2), (16, 64, 64, 4, 1, 4, 2), (16, 32, 64, 9, 1, 4, 2),
+    (32, 64, 64, 1, 1, 4, 3), (32, 64, 64, 3, 1, 4, 3),
+    (64, 64, 64, 1, 1, 4, 3), (64, 64, 128, 1, 1, 8, 3), (64, 32, 64, 1, 1, 8, 4),
+    (128, 32, 64, 1, 1, 8, 3),
     # 8 warps for large accumulators (R1p >= 256: BLOCK_M * R1p >= 8192). Before these, R1p = 256 kept
     # only BLOCK_M = 16 candidates (shared memory and the warp rule pruned the rest), and those
     # layers ran 0.53-0.86x of the cuDNN chain on an H100 (BENCHMARKS.md).
-    (16, 64, 64, 1, 8, 2), (16, 32, 64, 9, 8, 2), (32, 64, 64, 1, 8, 3), (32, 32, 64, 3, 8, 2),
-    (64, 64, 64, 1, 8, 2), (64, 32, 64, 1, 8, 3),
+    (16, 64, 64, 1, 1, 8, 2), (16, 32, 64, 9, 1, 8, 2), (32, 64, 64, 1, 1, 8, 3), (32, 32, 64, 3, 1, 8, 2),
+    (64, 64, 64, 1, 1, 8, 2), (64, 32, 64, 1, 1, 8, 3),
+    # the core's output channels split (SPLIT_N) where rows are few and R1p large (batch 1; 7x7 maps at
+    # batch 64): with split-K alone every program of a row block reads all of u_out ([R1p, S]: 256 KB at
+    # 256->512, fp16) and holds a [BLOCK_M, R1p] accumulator; split over N each reads 1/SPLIT_N of core
+    # and u_out. On an H200 the split mode ran 0.65x (b64) and 0.86x (b1) of the cuDNN chain at
+    # 512->512, 7x7 (BENCHMARKS.md, H200 runs). Kept for R1p / SPLIT_N >= MIN_SPLIT_N_WIDTH only.
+    (16, 64, 64, 4, 4, 4, 2), (16, 64, 64, 1, 8, 4, 2), (32, 64, 64, 3, 4, 4, 3), (64, 64, 64, 1, 4, 4, 3),
+    (64, 64, 64, 2, 2, 8, 3), (64, 32, 64, 1, 2, 8, 3),
 ]
+MIN_SPLIT_N_WIDTH = 32  # core output channels per program when they are split (SPLIT_N > 1)
 _LARGE_ACC = 8192  # BLOCK_M * R1p from which a program needs 8 warps; 8-warp tiles of BLOCK_M < 64 only from half that
 # (BLOCK_M, BLOCK_C, BLOCK_S, num_warps, num_stages)
 _LOWRANK = [(16, 64, 64, 4, 2), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 32, 128, 8, 3), (128, 32, 64, 8, 3),
@@ -57,6 +65,11 @@ _POINTWISE = [(64, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64
 
 def next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
+
+
+def parts(config: dict) -> int:
+    """Programs that share one row block of the tucker2 kernel (grid axis 1): ``SPLIT_K * SPLIT_N``."""
+    return config.get("SPLIT_K", 1) * config.get("SPLIT_N", 1)
 
 
 def _clamp_pow2(v: int, lo: int, hi: int) -> int:
@@ -98,12 +111,18 @@ def _warps_ok(bm: int, rp: int, warps: int) -> bool:
     return acc <= _MAX_ACC and not (acc >= _LARGE_ACC and warps < 8) and not (acc < _LARGE_ACC // 2 and warps > 4 and bm < 64)
 
 
-def _tucker2_ok(bm: int, bk: int, split: int, warps: int, a: dict) -> bool:
+def _tucker2_ok(bm: int, bk: int, split: int, warps: int, a: dict, split_n: int = 1) -> bool:
     m, rp, sms = a["M"], a["RP"], num_sms()
-    if not _warps_ok(bm, rp, warps):
+    if split_n > 1 and rp // split_n < MIN_SPLIT_N_WIDTH:
+        return False
+    if not _warps_ok(bm, rp // split_n, warps):
         return False
     tiles = _cdiv(m, bm)
-    if split > 1 and (m > SPLIT_K_MAX_ROWS or tiles * 2 > sms or split > a["KH"] * a["KW"] * _cdiv(a["RK"], bk)):
+    if split * split_n > 1 and (m > SPLIT_K_MAX_ROWS or tiles * 2 > sms):
+        return False
+    if split > 1 and split > a["KH"] * a["KW"] * _cdiv(a["RK"], bk):
+        return False
+    if split_n > 1 and tiles * split * split_n > 4 * sms:  # more programs than SMs can take in a wave or so
         return False
     if bm <= 16 and _cdiv(m, 64) >= 2 * sms:
         return False
@@ -119,9 +138,9 @@ def _prune_tucker2(configs, named_args, **kwargs):
         kw = dict(cfg.kwargs)
         kw["BLOCK_K"] = min(kw["BLOCK_K"], _clamp_pow2(a["RK"], 16, 64))
         kw["BLOCK_C"] = _clamp_pow2(a["C"], 16, 64)
-        if not _tucker2_ok(kw["BLOCK_M"], kw["BLOCK_K"], kw["SPLIT_K"], cfg.num_warps, a):
+        if not _tucker2_ok(kw["BLOCK_M"], kw["BLOCK_K"], kw["SPLIT_K"], cfg.num_warps, a, kw["SPLIT_N"]):
             continue
-        if not _fits_shared(a["RP"], kw["BLOCK_S"], cfg.num_stages, _element_size(a, "src_ptr")):
+        if not _fits_shared(a["RP"] // kw["SPLIT_N"], kw["BLOCK_S"], cfg.num_stages, _element_size(a, "src_ptr")):
             continue
         sig = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
         if sig not in seen:
@@ -279,14 +298,15 @@ def _as_config(d: dict):
 def heuristic_tucker2(m: int, c: int, rk: int, rp: int, taps: int, interpret: bool) -> dict:
     """One config for :func:`_tucker2_kernel` (small blocks under the interpreter, for coverage and speed)."""
     if interpret:
-        return dict(BLOCK_M=32, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, SPLIT_K=1, num_warps=4, num_stages=1)
+        return dict(BLOCK_M=32, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, SPLIT_K=1, SPLIT_N=1, num_warps=4, num_stages=1)
     sms = num_sms()
     bm = 64 if m >= 64 * sms else (32 if m >= 16 * sms else 16)
     bm = min(bm, _MAX_ACC // rp)
     bk = _clamp_pow2(rk, 16, 64)
     tiles, steps = _cdiv(m, bm), taps * _cdiv(rk, bk)
     split = 1 if (m > SPLIT_K_MAX_ROWS or tiles * 2 > sms) else max(1, min(steps, sms // tiles, 9))
-    return dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, SPLIT_K=split,
+    # SPLIT_N stays 1 here: the heuristic is what runs untuned, and no GPU has timed SPLIT_N yet
+    return dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, SPLIT_K=split, SPLIT_N=1,
                 num_warps=8 if bm * rp >= _LARGE_ACC else 4, num_stages=2)
 
 
@@ -325,8 +345,8 @@ def candidates(kind: str) -> tuple[list, list[str], object]:
     import triton
 
     if kind == "tucker2":
-        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_K=sk), num_warps=w, num_stages=st)
-                   for bm, bk, bs, sk, w, st in _TUCKER2]
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_K=sk, SPLIT_N=sn), num_warps=w,
+                                 num_stages=st) for bm, bk, bs, sk, sn, w, st in _TUCKER2]
         return configs, ["M", "OH", "OW", "C", "RK", "S", "KH", "KW", "STRIDE_H", "RP", "FUSE_FIRST"], _prune_tucker2
     if kind == "lowrank":
         configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st) for bm, bc, bs, w, st in _LOWRANK]

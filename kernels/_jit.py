@@ -43,34 +43,36 @@ def _epilogue(o, offs_m, offs_s, M, S, scale_ptr, shift_ptr, res_ptr, out_ptr, H
 @triton.jit
 def _last_1x1(t, offs_m, pid_m, M, S, w_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, ws_ptr, cnt_ptr,
               HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_S: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, S_LO, S_HI):
-    """The last 1x1 (``t [BLOCK_M, RP] @ w [RP, S]``) as an epilogue, looping over ``S`` in ``BLOCK_S`` tiles.
+              BLOCK_S: tl.constexpr, PARTS: tl.constexpr, PRECISION: tl.constexpr, S_LO, S_HI, R_LO):
+    """The last 1x1 (``t [BLOCK_M, RP] @ w [R_LO:R_LO + RP, S]``) as an epilogue, looping over ``S`` in ``BLOCK_S`` tiles.
 
-    ``S_LO``/``S_HI`` (``SPLIT_K == 1`` only; else ``0, S``): output channels ``[S_LO, S_HI)`` only
-    (``S_LO`` a multiple of ``BLOCK_S``), for programs that share a row block's ``S``.
+    ``S_LO``/``S_HI`` (``PARTS == 1`` only; else ``0, S``): output channels ``[S_LO, S_HI)`` only
+    (``S_LO`` a multiple of ``BLOCK_S``), for programs that share a row block's ``S``. ``R_LO``: the
+    first row of ``w`` that ``t``'s columns multiply (programs that share the core's output channels).
 
-    ``SPLIT_K == 1``: each tile goes straight through :func:`_epilogue`. ``SPLIT_K > 1``: ``t`` is a
-    partial sum over this program's share of the reduction; tiles are atomically added into the fp32
-    workspace and the last of the ``SPLIT_K`` programs of this row block (per-row-block arrival
-    counter, released after a CTA barrier like CUTLASS's serial split-K semaphore) reads the sums
-    back, applies the epilogue and leaves workspace and counter zeroed for the next launch.
+    ``PARTS == 1``: each tile goes straight through :func:`_epilogue`. ``PARTS > 1`` programs share
+    this row block (split-K, or the core's output channels split): ``t @ w`` is a partial sum; tiles
+    are atomically added into the fp32 workspace and the last of the ``PARTS`` programs of this row
+    block (per-row-block arrival counter, released after a CTA barrier like CUTLASS's serial split-K
+    semaphore) reads the sums back, applies the epilogue and leaves workspace and counter zeroed for
+    the next launch.
     """
-    offs_r = tl.arange(0, RP)
+    offs_r = R_LO + tl.arange(0, RP)
     mask_m = offs_m < M
     for s0 in range(S_LO, S_HI, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         w = tl.load(w_ptr + offs_r[:, None] * S + offs_s[None, :], mask=(offs_s < S)[None, :], other=0.0)
         o = tl.dot(t, w, input_precision=PRECISION)
-        if SPLIT_K == 1:
+        if PARTS == 1:
             _epilogue(o, offs_m, offs_s, M, S, scale_ptr, shift_ptr, res_ptr, out_ptr,
                       HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
         else:
             mask = mask_m[:, None] & (offs_s < S)[None, :]
             tl.atomic_add(ws_ptr + offs_m[:, None] * S + offs_s[None, :], o, mask=mask, sem="relaxed")
-    if SPLIT_K > 1:
+    if PARTS > 1:
         tl.debug_barrier()
         arrived = tl.atomic_add(cnt_ptr + pid_m, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
+        if arrived == PARTS - 1:
             for s0 in range(0, S, BLOCK_S):
                 offs_s = s0 + tl.arange(0, BLOCK_S)
                 mask = mask_m[:, None] & (offs_s < S)[None, :]
@@ -107,20 +109,30 @@ def _tucker2_kernel(
     M, H, W, OH, OW, C, RK, S, s_n, s_h, s_w, KH, KW,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU,
     RP: tl.constexpr, FUSE_FIRST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_K: tl.constexpr, SPLIT_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Implicit-GEMM core conv + last 1x1 epilogue for one ``BLOCK_M`` block of output pixels.
 
-    Reduction: ``KH*KW`` taps x ``cdiv(RK, BLOCK_K)`` rank chunks, split over ``SPLIT_K`` programs
-    (grid axis 1). The A operand of each step is ``[BLOCK_M, BLOCK_K]`` r_in-channel activations at
-    the tap's input pixels (zero outside the image: zero padding of the intermediate):
-    ``FUSE_FIRST`` computes it on the fly as ``x[pixels, :C] @ u_in[:C, chunk]`` (the first 1x1,
-    recomputed per tap), otherwise it is loaded from the precomputed intermediate ``src``
-    (``N, H, W, RK``). B is ``core[tap, chunk, :RP]``; the ``[BLOCK_M, RP]`` result feeds
+    Reduction: ``KH*KW`` taps x ``cdiv(RK, BLOCK_K)`` rank chunks, split over ``SPLIT_K`` programs.
+    The core's ``RP`` output channels are split over ``SPLIT_N`` programs, each computing
+    ``RN = RP // SPLIT_N`` of them and multiplying those by their ``RN`` rows of ``u_out`` (so each
+    reads only its share of ``core`` and ``u_out``; its accumulator is ``[BLOCK_M, RN]``). Grid axis 1
+    holds the ``SPLIT_K * SPLIT_N`` programs of a row block; with more than one, :func:`_last_1x1`
+    sums their partial products in the workspace. The A operand of each step is ``[BLOCK_M, BLOCK_K]``
+    r_in-channel activations at the tap's input pixels (zero outside the image: zero padding of the
+    intermediate): ``FUSE_FIRST`` computes it on the fly as ``x[pixels, :C] @ u_in[:C, chunk]`` (the
+    first 1x1, recomputed per tap), otherwise it is loaded from the precomputed intermediate ``src``
+    (``N, H, W, RK``). B is ``core[tap, chunk, n-share]``; the ``[BLOCK_M, RN]`` result feeds
     :func:`_last_1x1`.
     """
+    RN: tl.constexpr = RP // SPLIT_N
     pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    if SPLIT_N == 1:  # a compile-time 0: the unsplit kernel stays the one it was before SPLIT_N
+        pid_k = tl.program_id(1)
+        r_lo = 0
+    else:
+        pid_k = tl.program_id(1) % SPLIT_K
+        r_lo = (tl.program_id(1) // SPLIT_K) * RN
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     ow = offs_m % OW
@@ -129,13 +141,13 @@ def _tucker2_kernel(
     ih0 = oh * STRIDE_H - PAD_H
     iw0 = ow * STRIDE_W - PAD_W
     base = n.to(tl.int64) * s_n
-    offs_r = tl.arange(0, RP)
+    offs_r = r_lo + tl.arange(0, RN)
     n_chunks = tl.cdiv(RK, BLOCK_K)
     total = KH * KW * n_chunks
     per_split = tl.cdiv(total, SPLIT_K)
     k_begin = pid_k * per_split
     k_end = tl.minimum(k_begin + per_split, total)
-    acc = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, RN], dtype=tl.float32)
     for ks in range(k_begin, k_end):
         tap = ks // n_chunks
         offs_k = (ks % n_chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -151,7 +163,8 @@ def _tucker2_kernel(
         w = tl.load(core_ptr + (tap * RK + offs_k)[:, None] * RP + offs_r[None, :], mask=(offs_k < RK)[:, None], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
     _last_1x1(acc.to(src_ptr.dtype.element_ty), offs_m, pid_m, M, S, uout_ptr, scale_ptr, shift_ptr, res_ptr,
-              out_ptr, ws_ptr, cnt_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, SPLIT_K, PRECISION, 0, S)
+              out_ptr, ws_ptr, cnt_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RN, BLOCK_M, BLOCK_S, SPLIT_K * SPLIT_N,
+              PRECISION, 0, S, r_lo)
 
 
 # SLOT (a multiple of RK, itself of 16) stays specialised: Triton then knows each slot starts 16-element
@@ -231,7 +244,7 @@ def _tucker2_halo_kernel(
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
         tl.debug_barrier()
         _last_1x1(acc.to(x_ptr.dtype.element_ty), offs_m, pid, M, S, uout_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
-                  out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, s_lo, s_hi)
+                  out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, s_lo, s_hi, 0)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -277,4 +290,4 @@ def _lowrank_kernel(
     row = n.to(tl.int64) * s_n + ih * s_h + iw * s_w
     t = _pixels_times(x_ptr, row, valid, b_ptr, tl.arange(0, RP), C, RP, BLOCK_M, RP, BLOCK_C, PRECISION)
     _last_1x1(t.to(x_ptr.dtype.element_ty), offs_m, pid_m, M, S, a_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
-              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, 0, S)
+              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, 0, S, 0)

@@ -27,13 +27,17 @@ the bias and a folded BatchNorm; fp32 accumulation, output in the input dtype):
            is impossible (CUDA-graph capture, interpreter) a heuristic picks ``fused`` for at most
            4096 output pixels and at most 64 input channels, else ``split`` (``halo`` only when timed).
 
-Tiling: one program owns ``BLOCK_M`` output pixels and all ``R1p`` core channels (the accumulator
-must hold the whole core output for the last 1x1), loops over ``kh*kw`` taps x ``BLOCK_K`` rank
-chunks, then over ``S`` in ``BLOCK_S`` tiles for the epilogue. Few row blocks (batch 1, late
-stages) would leave most SMs idle, so the reduction may be split over ``SPLIT_K`` programs that
-atomically accumulate into an fp32 workspace; the last program per row block applies the epilogue
-(:mod:`batude.kernels._configs`). ``BLOCK_M``, ``BLOCK_K``, ``BLOCK_S``, ``SPLIT_K``, warps and
-stages are autotuned on the GPU, keyed on rows ``M = N*H'*W'``, ``H'``, ``W'``, ``C``, ``R2p``, ``S``,
+Tiling: one program owns ``BLOCK_M`` output pixels and ``R1p / SPLIT_N`` core channels, loops
+over ``kh*kw`` taps x ``BLOCK_K`` rank chunks, then over ``S`` in ``BLOCK_S`` tiles for the
+epilogue, multiplying its core channels by their rows of ``u_out``. Few row blocks (batch 1, late
+stages) would leave most SMs idle, so the reduction may be split over ``SPLIT_K`` programs and the
+core's channels over ``SPLIT_N`` programs (each then reads only its share of ``core`` and
+``u_out``, and its accumulator is ``SPLIT_N`` times smaller); the ``SPLIT_K * SPLIT_N`` programs of
+a row block atomically accumulate into an fp32 workspace and the last applies the epilogue
+(:mod:`batude.kernels._configs`). With ``SPLIT_K = 1`` each core channel is complete before it is
+rounded to the activation dtype, as in the 3-conv chain. ``BLOCK_M``, ``BLOCK_K``, ``BLOCK_S``,
+``SPLIT_K``, ``SPLIT_N``, warps and stages are autotuned on the GPU (the untuned heuristic keeps
+``SPLIT_N = 1``: no GPU has timed it yet), keyed on rows ``M = N*H'*W'``, ``H'``, ``W'``, ``C``, ``R2p``, ``S``,
 ``R1p``, kernel size, stride and mode (and the dtype); the candidates are pruned per key.
 The epilogue's four switches are runtime arguments, so one compiled kernel per (``R1p``, mode, tile
 config, dtype) serves every epilogue (fewer compilations while autotuning). fp32 inputs use TF32
@@ -169,7 +173,7 @@ def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: d
     tune = config is None and autotune_enabled()
     if config is None and not tune:
         config = cfg.heuristic_tucker2(m, c, rk, rp, kh * kw, interpreting())
-    may_split = (tune and m <= cfg.SPLIT_K_MAX_ROWS) or (config is not None and config.get("SPLIT_K", 1) > 1)
+    may_split = (tune and m <= cfg.SPLIT_K_MAX_ROWS) or (config is not None and cfg.parts(config) > 1)
     # always the real buffers (tiny when unused), so split and non-split launches share one kernel signature
     ws, cnt = cfg.workspace(x.device, m * s if may_split else 1, -(-m // 16) if may_split else 1)
     src_strides = (src.stride(0), src.stride(2), src.stride(3)) if fuse else None
@@ -178,17 +182,17 @@ def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: d
             residual if residual is not None else out, out, ws, cnt)
     meta = dict(RP=rp, FUSE_FIRST=fuse, PRECISION=precision_for(x.dtype))
     if tune:
-        grid = lambda META: (-(-m // META["BLOCK_M"]), META["SPLIT_K"])  # noqa: E731
+        grid = lambda META: (-(-m // META["BLOCK_M"]), cfg.parts(META))  # noqa: E731
         try:
             cfg.autotuned("tucker2")[grid](*ptrs, **args, **meta)
             return
         except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
             config = cfg.heuristic_tucker2(m, c, rk, rp, kh * kw, False)
-    launch = {k: v for k, v in config.items() if k not in ("pointwise", "halo")}  # the other modes' parts
+    launch = {"SPLIT_N": 1, **{k: v for k, v in config.items() if k not in ("pointwise", "halo")}}  # the other modes' parts
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
 
     def run(tile: dict, warps: int, stages: int) -> None:
-        grid = (-(-m // tile["BLOCK_M"]), tile["SPLIT_K"])
+        grid = (-(-m // tile["BLOCK_M"]), cfg.parts(tile))
         jit_module()._tucker2_kernel[grid](*ptrs, **args, **meta, **tile, num_warps=warps, num_stages=stages)
 
     cfg.launch_fitting(("tucker2", x.device.index, x.dtype, rp, fuse, tuple(sorted(launch.items())), warps, stages),

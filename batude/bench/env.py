@@ -1,6 +1,6 @@
 """The environment record attached to every benchmark and latency result.
 
-GPU name, compute capability, driver, CUDA, cuDNN, torch, onnxruntime, TensorRT versions and the
+GPU name, compute capability, driver, CUDA, cuDNN, torch, onnxruntime, TensorRT, Triton versions and the
 CPU model and threads. It never initialises CUDA on a machine without a GPU.
 """
 
@@ -22,6 +22,7 @@ def environment() -> dict:
         "cpu": _cpu_model(), "cpu_threads": torch.get_num_threads(), "os_cpus": os.cpu_count(),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "onnxruntime": _version_of("onnxruntime"), "tensorrt": _version_of("tensorrt"),
+        "triton": _version_of("triton"),  # batude's kernels: compiled (and tuned) by this version
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())  # the one a runner made current

@@ -90,6 +90,12 @@ def test_bad_arguments():
 def test_environment_record_without_touching_cuda():
     env = environment()
     assert env["torch"] == str(torch.__version__) and env["cpu_threads"] >= 1
-    assert {"cuda", "cudnn", "onnxruntime", "tensorrt", "cpu"} <= set(env)
+    assert {"cuda", "cudnn", "onnxruntime", "tensorrt", "triton", "cpu"} <= set(env)
+    try:
+        import triton
+    except ImportError:
+        assert env["triton"] is None
+    else:
+        assert env["triton"] == triton.__version__
     if not torch.cuda.is_available():
         assert "gpu" not in env and not torch.cuda.is_initialized()

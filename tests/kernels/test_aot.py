@@ -42,6 +42,21 @@ def test_resnet18_tucker2_layer_compiles_for_h100(mode, dtype):
     assert rec["fuse_first"] is (mode == "fused") and rec["rp"] == 128
 
 
+@pytest.mark.parametrize("mode", ["fused", "split"])
+def test_split_n_candidates_compile_for_h100_with_tensor_cores_and_no_spills(mode):
+    """The core's channels split over programs (SPLIT_N): ResNet-18's 512->512 3x3 at batch 1, R1p = 256."""
+    from batude.kernels.aot import Layer, compile_spec, layer_specs
+
+    specs = [s for s in layer_specs(Layer(c=512, s=512, hw=7, k=3, stride=1, r1=256, r2=256, batch=1), "fp16", mode)
+             if s.kind == "tucker2" and s.args["SPLIT_N"] > 1]
+    assert {s.args["SPLIT_N"] for s in specs} >= {4, 8}
+    spec = max(specs, key=lambda s: s.args["SPLIT_K"] * s.args["SPLIT_N"])  # the most programs per row block
+    rec = compile_spec(spec)
+    assert rec["ok"], rec["error"]
+    assert rec["tensor_core"] > 0 and rec["spill_bytes"] == 0 and rec["scalar_global"] == 0
+    assert rec["config"]["SPLIT_N"] == spec.args["SPLIT_N"]
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "fp32"])
 def test_resnet18_tucker2_halo_compiles_for_h100(dtype):
     from batude.kernels.aot import SHARED_LIMIT, Layer, compile_spec, layer_specs

@@ -17,12 +17,9 @@ def _h100_sms(monkeypatch):
 
 
 def _tucker2_candidates():
-    import triton
-
     from batude.kernels import _configs
 
-    return [triton.Config(dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_K=sk), num_warps=w, num_stages=st)
-            for bm, bk, bs, sk, w, st in _configs._TUCKER2]
+    return _configs.candidates("tucker2")[0]
 
 
 def _args(m, c, rk, rp, taps=9):
@@ -39,14 +36,20 @@ def test_tucker2_pruning_keeps_a_few_valid_configs(m, c, rk, rp):
     assert 1 <= len(kept) <= len(_configs._TUCKER2)
     for cfg in kept:
         kw = cfg.kwargs
-        assert kw["BLOCK_M"] * rp <= 16384 and kw["BLOCK_K"] <= max(16, rk) and kw["BLOCK_C"] <= max(16, c)
-        if kw["SPLIT_K"] > 1:
+        assert kw["BLOCK_M"] * rp // kw["SPLIT_N"] <= 16384 and kw["BLOCK_K"] <= max(16, rk) and kw["BLOCK_C"] <= max(16, c)
+        if kw["SPLIT_K"] * kw["SPLIT_N"] > 1:
             assert m <= _configs.SPLIT_K_MAX_ROWS and -(-m // kw["BLOCK_M"]) * 2 <= SMS
+        if kw["SPLIT_N"] > 1:  # each program keeps at least MIN_SPLIT_N_WIDTH core channels, in at most ~4 waves
+            assert rp // kw["SPLIT_N"] >= _configs.MIN_SPLIT_N_WIDTH
+            assert -(-m // kw["BLOCK_M"]) * kw["SPLIT_K"] * kw["SPLIT_N"] <= 4 * SMS
     splits = {cfg.kwargs["SPLIT_K"] for cfg in kept}
+    split_n = {cfg.kwargs["SPLIT_N"] for cfg in kept}
     if m <= 200:  # a handful of row blocks: split-K candidates must be there to fill the GPU
         assert max(splits) > 1
+    if m <= 64 * 49 and rp >= 128:  # few rows, a wide core: the core's channels may be split too
+        assert max(split_n) > 1
     if m >= 64 * 3136 // 2:
-        assert splits == {1} and min(cfg.kwargs["BLOCK_M"] for cfg in kept) >= 32
+        assert splits == split_n == {1} and min(cfg.kwargs["BLOCK_M"] for cfg in kept) >= 32
 
 
 def test_lowrank_and_pointwise_pruning():
@@ -141,7 +144,7 @@ def test_large_ranks_get_tiles_beyond_16_rows_with_8_warps(m):
 
     kept = _configs._prune_tucker2(_tucker2_candidates(), _args(m, 512, 256, 256))
     assert any(c.kwargs["BLOCK_M"] >= 32 and c.num_warps == 8 for c in kept)
-    assert all(c.num_warps == 8 for c in kept if c.kwargs["BLOCK_M"] * 256 >= 8192)
+    assert all(c.num_warps == 8 for c in kept if c.kwargs["BLOCK_M"] * 256 // c.kwargs["SPLIT_N"] >= 8192)
     lowrank = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st)
                for bm, bc, bs, w, st in _configs._LOWRANK]
     kept = _configs._prune_lowrank(lowrank, {"M": m, "C": 512, "RP": 256})

@@ -128,6 +128,27 @@ def test_interpreter_split_k_reduction_and_workspace_reset(split_k, mode):
 
 
 @interp
+@pytest.mark.parametrize("split_k,split_n", [(1, 2), (1, 4), (3, 2), (30, 4)], ids=["n2", "n4", "k3-n2", "k30-n4"])
+@pytest.mark.parametrize("mode", ["fused", "split"])
+def test_interpreter_core_channels_split_over_programs(split_k, split_n, mode):
+    """SPLIT_N programs each compute a share of the core's R1p = 64 output channels and multiply it by
+    their rows of u_out (with split-K: a share of the reduction too); the partial products meet in
+    the workspace, the last program applies the epilogue, and the workspace is left zeroed."""
+    from batude.kernels import _configs
+
+    p = pack_tucker2(*tucker_factors(24, 40, 50, 20, 3))
+    assert p.core.shape[-1] == 64
+    x = nhwc(torch.randn(1, 24, 5, 5))
+    res = nhwc(torch.randn(1, 40, 5, 5))
+    cfg = {**INTERP_CFG_SPLIT3, "SPLIT_K": split_k, "SPLIT_N": split_n}
+    for _ in range(2):  # the second launch relies on the first having left the workspace zeroed
+        out, ref = _run(x, p, mode=mode, config=cfg, residual=res, relu=True)
+        assert rel_err(out, ref) <= TOL[torch.float32]
+    for ws, cnt in _configs._WORKSPACES[("cpu", None)]:
+        assert not ws.any() and not cnt.any()
+
+
+@interp
 def test_interpreter_one_config_carries_every_modes_part():
     """A fixed config holding each mode's part (the GPU sweep's ``fixed_gpu_config`` does) serves all three
     modes, each launch taking its own part: on an H200 the fused and split launches once put the halo part
@@ -259,6 +280,23 @@ def test_gpu_split_k_is_race_free(dtype):
             outs = [_run(x, p, mode=mode, config=cfg, residual=res, relu=True) for _ in range(10)]
             for out, ref in outs:
                 assert rel_err(out, ref) <= GPU_TOL[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_split_n_is_race_free(dtype):
+    """The core's channels split over programs (alone and with split-K), at the batch-1 and batch-64 7x7 shapes
+    SPLIT_N is for: repeated runs agree with the reference."""
+    p = _cuda_pack(512, 512, 256, 256, dtype=dtype)
+    for batch, bm in ((1, 16), (64, 64)):
+        x = nhwc(torch.randn(batch, 512, 7, 7, device="cuda", dtype=dtype))
+        res = nhwc(torch.randn(batch, 512, 7, 7, device="cuda", dtype=dtype))
+        for split_k, split_n in ((1, 2), (1, 8), (4, 4)):
+            for mode in ("fused", "split"):
+                cfg = {**fixed_gpu_config(256, split_k), "BLOCK_M": bm, "SPLIT_N": split_n, "num_warps": 4}
+                for _ in range(5):
+                    out, ref = _run(x, p, mode=mode, config=cfg, residual=res, relu=True)
+                    assert rel_err(out, ref) <= GPU_TOL[dtype], (batch, split_k, split_n, mode)
 
 
 @gpu
