@@ -93,6 +93,25 @@ def _time(fn, x, args, device, batch, label, compile_: bool = False, layer: bool
     return row
 
 
+_TUNED_KINDS = {"fused": ("tucker2",), "split": ("pointwise", "tucker2"), "halo": ("halo",)}
+
+
+def _tuned(mode: str) -> dict | None:
+    """The tile configs the autotuners of ``mode``'s kernels last ran (their ``best_config``: the tuned one for
+    the shape just launched), e.g. whether a ``SPLIT_N`` or tall-tile candidate won; None where nothing was tuned."""
+    from batude.kernels import _configs as kcfg
+    from batude.kernels._runtime import autotune_enabled
+
+    if not autotune_enabled():
+        return None
+    out = {}
+    for kind in _TUNED_KINDS[mode]:
+        best = getattr(kcfg.autotuned(kind), "best_config", None)
+        if best is not None:
+            out[kind] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+    return out or None
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
@@ -127,6 +146,7 @@ def layer_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
                        **_time(fn, x, args, device, batch, f"{variant} {c}->{s} {h}² b{batch}", layer=True)}
                 if variant in KERNEL_MODES:
                     row["rel_err_vs_chain"] = _rel(fn(x), want)
+                    row["tuned"] = _tuned(variant)  # what that eager call's autotuners ran
                 timed[variant] = row
             kernel("auto")(x)
             auto, measured = t2.auto_choice(x, p.core, p.u_out, stride=stride, padding=1)

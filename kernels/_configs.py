@@ -43,6 +43,10 @@ _TUCKER2 = [
     # 512->512, 7x7 (BENCHMARKS.md, H200 runs). Kept for R1p / SPLIT_N >= MIN_SPLIT_N_WIDTH only.
     (16, 64, 64, 4, 4, 4, 2), (16, 64, 64, 1, 8, 4, 2), (32, 64, 64, 3, 4, 4, 3), (64, 64, 64, 1, 4, 4, 3),
     (64, 64, 64, 2, 2, 8, 3), (64, 32, 64, 1, 2, 8, 3),
+    # tall tiles for many rows and a narrow core (R1p 32-64: the early stages at batch 64), as cuDNN's
+    # 128x32 / 256x32 GEMM tiles; before, the only tile of 128 rows had 8 warps for a [128, 32]
+    # accumulator, and split ran 0.67x of dense at 64->64, 56x56, batch 64 on the H200.
+    (128, 32, 64, 1, 1, 4, 4), (128, 64, 64, 1, 1, 8, 3), (256, 32, 64, 1, 1, 8, 3),
 ]
 MIN_SPLIT_N_WIDTH = 32  # core output channels per program when they are split (SPLIT_N > 1)
 _LARGE_ACC = 8192  # BLOCK_M * R1p from which a program needs 8 warps; 8-warp tiles of BLOCK_M < 64 only from half that
@@ -60,7 +64,9 @@ HALO_MIN_USE = 0.7  # tiles whose rows are at least this share real output pixel
 HALO_KEEP = 6  # autotune at most this many halo configs per shape (the cheapest by :func:`_halo_cost`)
 HALO_PROGRAMS_PER_SM = 2  # persistent grid: at most this many programs per SM, each with its own scratch slot
 # (BLOCK_M, BLOCK_N, BLOCK_C, num_warps, num_stages)
-_POINTWISE = [(64, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 128, 64, 4, 3)]
+_POINTWISE = [(64, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 128, 64, 4, 3),
+              # narrow outputs (the split mode's R2p = 32 intermediate at 56x56, batch 64): no masked half tile
+              (128, 32, 64, 4, 3), (256, 32, 64, 8, 3), (256, 64, 64, 8, 3)]
 
 
 def next_pow2(v: int) -> int:

@@ -29,6 +29,7 @@ def test_smoke_run_writes_json_and_plot(tmp_path):
         assert r["median_ms"] > 0 and r["speedup_vs_chain"] > 0 and r["auto_choice"] in ("fused", "split")
         if r["variant"] in ("fused", "split", "halo"):
             assert r["rel_err_vs_chain"] < 1e-4  # fp32 under the interpreter: the kernels compute the chain
+            assert r["tuned"] is None  # the interpreter does not autotune (the GPU run records the winners)
     models = {(r["model"], r["backend"], r["batch"]) for r in report["model"] if "median_ms" in r}
     assert models == {(m, b, n) for m, b in (("dense", "eager"), ("triton", "fused"), ("chain", "eager")) for n in (1, 2)}
     triton = [r for r in report["model"] if r["model"] == "triton"]

@@ -287,3 +287,19 @@ def test_halo_scratch_grows_and_is_reused():
     assert _configs.scratch(dev, torch.float16, 10) is a
     b = _configs.scratch(dev, torch.float16, a.numel() + 1)
     assert b.numel() >= 2 * a.numel() and _configs.scratch(dev, torch.float32, 10).dtype == torch.float32
+
+
+@pytest.mark.parametrize("m,c,rp", [(64 * 3136, 64, 32), (64 * 784, 128, 64)], ids=["b64-56²-r32", "b64-28²-r64"])
+def test_many_rows_and_a_narrow_core_get_tall_tiles(m, c, rp):
+    """Early stages at batch 64 (the H200's worst kernel/dense ratios): tiles of 128 and 256 rows are candidates,
+    each with the warps its accumulator needs; the pointwise kernel gets 32-wide tiles for a 32-channel output."""
+    from batude.kernels import _configs
+
+    kept = _configs._prune_tucker2(_tucker2_candidates(), _args(m, c, rp, rp))
+    tall = {(cfg.kwargs["BLOCK_M"], cfg.num_warps) for cfg in kept if cfg.kwargs["BLOCK_M"] >= 128}
+    assert 256 in {bm for bm, _ in tall} and all(warps == 8 for bm, warps in tall if bm * rp >= 8192)
+    assert (128, 4) in tall if rp == 32 else (128, 8) in tall
+    pointwise = _configs._prune_pointwise(_configs.candidates("pointwise")[0], {"M": m, "C": c, "N_OUT": rp})
+    assert (rp == 32) <= any(cfg.kwargs["BLOCK_N"] == 32 and cfg.kwargs["BLOCK_M"] >= 128 for cfg in pointwise)
+    small = _configs._prune_tucker2(_tucker2_candidates(), _args(49, c, rp, rp))  # batch 1, 7x7: no tall tiles
+    assert max(cfg.kwargs["BLOCK_M"] for cfg in small) <= 64
