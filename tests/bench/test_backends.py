@@ -9,19 +9,9 @@ import batude
 from batude.bench.backends import measure
 from batude.bench.report import add_speedups, latency_table, plot_speedup
 from batude.cli import main
-from batude.models import resnet20
 from batude.nn import densify, flop_counter_macs
-from batude.rank import apply_plan_, select_ranks
 
-SHAPE = (1, 28, 28)
-
-
-@pytest.fixture(scope="module")
-def compressed():
-    torch.manual_seed(0)
-    model = resnet20(in_channels=1).eval()
-    plan = select_ranks(model, "2.52x", "uniform", input_shape=(1, *SHAPE))
-    return apply_plan_(model, plan), plan
+SHAPE = (1, 28, 28)  # the shared `compressed` fixture's input (conftest.py)
 
 
 def test_densify_is_the_same_function_at_dense_cost(compressed):
