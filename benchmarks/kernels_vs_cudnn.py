@@ -96,20 +96,26 @@ def _time(fn, x, args, device, batch, label, compile_: bool = False, layer: bool
 _TUNED_KINDS = {"fused": ("tucker2",), "split": ("pointwise", "tucker2"), "halo": ("halo",)}
 
 
-def _tuned(mode: str) -> dict | None:
-    """The tile configs the autotuners of ``mode``'s kernels last ran (their ``best_config``: the tuned one for
-    the shape just launched), e.g. whether a ``SPLIT_N`` or tall-tile candidate won; None where nothing was tuned."""
+def _tuned(mode: str, call) -> tuple[dict | None, object]:
+    """``(configs, call())``: the tile configs the autotuners of ``mode``'s kernels ran in ``call`` (their
+    ``best_config``, cleared first so a kernel that fell back to its heuristic records nothing rather than
+    an earlier shape's choice), e.g. whether a ``SPLIT_N`` or tall-tile candidate won; None where nothing was
+    tuned (the interpreter)."""
     from batude.kernels import _configs as kcfg
     from batude.kernels._runtime import autotune_enabled
 
     if not autotune_enabled():
-        return None
+        return None, call()
+    tuners = {kind: kcfg.autotuned(kind) for kind in _TUNED_KINDS[mode]}
+    for tuner in tuners.values():
+        tuner.best_config = None
+    result = call()
     out = {}
-    for kind in _TUNED_KINDS[mode]:
-        best = getattr(kcfg.autotuned(kind), "best_config", None)
+    for kind, tuner in tuners.items():
+        best = getattr(tuner, "best_config", None)
         if best is not None:
             out[kind] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
-    return out or None
+    return out or None, result
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -145,8 +151,8 @@ def layer_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
                 row = {**base, "variant": variant,
                        **_time(fn, x, args, device, batch, f"{variant} {c}->{s} {h}² b{batch}", layer=True)}
                 if variant in KERNEL_MODES:
-                    row["rel_err_vs_chain"] = _rel(fn(x), want)
-                    row["tuned"] = _tuned(variant)  # what that eager call's autotuners ran
+                    row["tuned"], out = _tuned(variant, lambda: fn(x))  # what this eager call's autotuners ran
+                    row["rel_err_vs_chain"] = _rel(out, want)
                 timed[variant] = row
             kernel("auto")(x)
             auto, measured = t2.auto_choice(x, p.core, p.u_out, stride=stride, padding=1)

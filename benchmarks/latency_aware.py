@@ -216,9 +216,8 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
         models[name] = (deployed_model(dense, shape, plan, variants, plain=kernels), fused, plan)
     extra = args.dense_backends if args.dense_backends is not None else ("compile-graph" if args.device == "cuda" else "")
     for name, (model, fused, plan) in models.items():
-        mine = backends + [b for b in extra.split(",") if b and b not in backends] if name == "dense" else backends
-        # dense has no factorised layer to put on a kernel: a kernel backend's plans are compared with KERNEL_DENSE
-        runs = [(model, [b for b in mine if b not in KERNEL_DENSE or (fused is None and name != "dense")])]
+        mine = dense_backends(backends, extra) if name == "dense" else backends
+        runs = [(model, [b for b in mine if b not in KERNEL_DENSE or fused is None])]
         if fused is not None:  # "triton" always, "triton-compile" when asked for
             runs.append((fused, ["triton"] + [b for b in backends if b == "triton-compile"]))
         for r in (r for m, names in runs for r in measure(m, names, shape[1:], [batch], dtype, args.iters, args.warmup,
@@ -236,6 +235,14 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
     return {"batch": batch, "lut_backend": lut_backend, "lut_seconds": lut_seconds, "lut_model_ms": lut.model_ms,
             "lut_layer_calls": lut.layer_calls,
             **info, "rows": rows, "plans": {n: p.to_dict() for n, (p, _) in plans.items()}}
+
+
+def dense_backends(backends: list[str], extra: str) -> list[str]:
+    """The dense model's backends: the plans' (kernel backends aside: dense has no factorised layer to put on
+    a kernel), the dense-only ``extra`` ones, and each requested kernel backend's baseline (``KERNEL_DENSE``)."""
+    wanted = ([b for b in backends if b not in KERNEL_DENSE] + [b for b in extra.split(",") if b]
+              + [KERNEL_DENSE[b] for b in backends if b in KERNEL_DENSE])
+    return list(dict.fromkeys(wanted))
 
 
 def _speedups(rows: list[dict]) -> None:

@@ -32,7 +32,8 @@ over ``kh*kw`` taps x ``BLOCK_K`` rank chunks, then over ``S`` in ``BLOCK_S`` ti
 epilogue, multiplying its core channels by their rows of ``u_out``. Few row blocks (batch 1, late
 stages) would leave most SMs idle, so the reduction may be split over ``SPLIT_K`` programs and the
 core's channels over ``SPLIT_N`` programs (each then reads only its share of ``core`` and
-``u_out``, and its accumulator is ``SPLIT_N`` times smaller); the ``SPLIT_K * SPLIT_N`` programs of
+``u_out``, and its accumulator is ``SPLIT_N`` times smaller; in ``fused`` mode each also
+recomputes the first 1x1 for its taps, ``SPLIT_N`` times in all: the autotuner weighs that); the ``SPLIT_K * SPLIT_N`` programs of
 a row block atomically accumulate into an fp32 workspace and the last applies the epilogue
 (:mod:`batude.kernels._configs`). With ``SPLIT_K = 1`` each core channel is complete before it is
 rounded to the activation dtype, as in the 3-conv chain. ``BLOCK_M``, ``BLOCK_K``, ``BLOCK_S``,
@@ -189,6 +190,9 @@ def _launch_core(src, x, u_in, core, u_out, eps, out, geo, fuse: bool, config: d
         except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
             config = cfg.heuristic_tucker2(m, c, rk, rp, kh * kw, False)
     launch = {"SPLIT_N": 1, **{k: v for k, v in config.items() if k not in ("pointwise", "halo")}}  # the other modes' parts
+    if rp % launch["SPLIT_N"] or rp // launch["SPLIT_N"] < 16:  # tl.arange needs a power of two, tl.dot 16 columns
+        raise BatudeError(f"config SPLIT_N={launch['SPLIT_N']} must divide the padded rank R1p={rp} into shares of at "
+                          "least 16 channels; use a power of two up to R1p/16 (or leave it to the autotuner)")
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
 
     def run(tile: dict, warps: int, stages: int) -> None:

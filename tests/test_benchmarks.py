@@ -171,6 +171,9 @@ def test_latency_aware_triton_rows_are_compared_with_graphed_cudnn_dense():
     assert rows[3]["share_of_oracle"] == pytest.approx(0.8)  # within the triton backend
     assert rows[3]["share_of_oracle_gain"] == pytest.approx(1.0 / 1.5)  # 2x of a 2.5x oracle: 1.0 of its 1.5 gain
     assert rows[3]["speedup_vs_best_dense"] == pytest.approx(0.9)  # the compiled and graphed dense is the best dense
+    # a kernel backend asked for alone still gets its dense baseline measured; dense never runs on a kernel
+    assert bench.dense_backends(["triton"], "") == ["cuda-graph"]
+    assert bench.dense_backends(["cuda-graph", "triton-compile"], "compile-graph") == ["cuda-graph", "compile-graph"]
     assert "| 1 | triton | batude |" in bench.table([{"batch": 1, "rows": [{**rows[3], "macs_reduction": 2.5,
                                                                            "predicted_speedup": None, "predicted_ms": None}]}])
 

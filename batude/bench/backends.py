@@ -196,7 +196,11 @@ def measure(model: nn.Module, backends: Sequence[Backend | str], input_shape: Se
                                          batch=int(batch), label=f"{label} {backend.value} b{batch}")
             entry.update(available=True, device=str(runner.device), **stats.to_dict())
             if profile_calls:
-                entry["profile"] = profile_runner(runner.run, runner.device, profile_calls, stats.median_ms).to_dict()
+                try:
+                    entry["profile"] = profile_runner(runner.run, runner.device, profile_calls, stats.median_ms).to_dict()
+                except Exception as err:  # a profiler that will not start costs the breakdown, not the timings
+                    entry["profile_error"] = f"{type(err).__name__}: {err}"
+                    log.warning("%s b%s: profiling failed (%s); the timing stands", backend.value, batch, err)
         except BackendUnavailable as err:
             entry.update(available=False, reason=str(err))
             log.info("%s unavailable: %s", backend.value, err)

@@ -8,8 +8,9 @@
   call this is the GPU's busy time; set beside the measured median it gives the share of a call the
   GPU sat idle (launch gaps, host work);
 * on the CPU, the top-level operators (``aten::conv2d``, ``batude::tucker2_conv``, ...: operators
-  that no other recorded operator called), with their wall time including what they call. Backends
-  that run outside PyTorch (onnxruntime) record none.
+  that no other recorded operator called; user annotations such as Inductor's "Call CompiledFxGraph"
+  range do not count as callers), with their wall time including what they call. Backends that run
+  outside PyTorch (onnxruntime) record none.
 
 Names are grouped by :data:`CATEGORIES` (first pattern that matches, case-insensitive): cuDNN's and
 CUTLASS's convolution kernels, GEMMs, batude's Triton kernels, Inductor's fused kernels, elementwise
@@ -18,6 +19,7 @@ kernels, layout copies. A kernel no pattern knows counts as ``other``; its name 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -27,12 +29,15 @@ import torch
 
 __all__ = ["CATEGORIES", "Profile", "profile_runner", "categorize", "summarize_events"]
 
+log = logging.getLogger(__name__)
+
 # (category, pattern): first match wins, so specific names come before the broad "conv" and "gemm"
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("batude kernels", r"_tucker2_kernel|_tucker2_halo_kernel|_pointwise_kernel|_lowrank_kernel|^batude::"),
     ("inductor fused", r"^triton_|^triton::|^inductor"),
     ("layout and copy", r"nchwtonhwc|nhwctonchw|transpose|memcpy|memset|aten::(copy_|contiguous|clone|to|_to_copy)$"),
     ("pooling", r"pool"),
+    ("elementwise and norm", r"bn_fw|bn_inf|batch_?norm|layer_?norm|group_?norm|instance_?norm"),  # cuDNN's too
     ("convolution", r"conv|fprop|implicit_gemm|implicit_convolve|winograd|cudnn"),
     ("gemm", r"gemm|cublas|aten::(linear|addmm|mm|matmul|bmm)$"),
     ("elementwise and norm", r"elementwise|vectorized|unrolled|aten::(relu_?|add_?|mul_?|hardtanh_?|clamp_?|batch_norm|"
@@ -90,7 +95,7 @@ def summarize_events(events: list[tuple[str, float]], calls: int, level: str, me
     categories = sorted((row("category", t, key=g) for g, t in groups.items()), key=lambda r: -r["ms"])
     top = sorted((row("name", t, key=n, category=categorize(n)) for n, t in by_name.items()), key=lambda r: -r["ms"])[:TOP]
     idle = None
-    if measured_ms and level == "kernels":
+    if measured_ms and level == "kernels" and events:  # no kernel recorded is no evidence of an idle GPU
         idle = 1.0 - busy_ms / measured_ms
     return Profile(level, calls, busy_ms, categories, top, len(events), measured_ms, idle)
 
@@ -101,11 +106,19 @@ def _device_events(prof) -> list[tuple[str, float]]:
     return [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == DeviceType.CUDA]
 
 
+def _caller(e):
+    """The nearest operator that called ``e``, skipping user annotations (record_function ranges)."""
+    parent = e.cpu_parent
+    while parent is not None and parent.is_user_annotation:
+        parent = parent.cpu_parent
+    return parent
+
+
 def _operator_events(prof) -> list[tuple[str, float]]:
     from torch.autograd import DeviceType
 
     return [(e.name, e.time_range.elapsed_us()) for e in prof.events()
-            if e.device_type == DeviceType.CPU and e.cpu_parent is None and not e.is_user_annotation]
+            if e.device_type == DeviceType.CPU and not e.is_user_annotation and _caller(e) is None]
 
 
 def profile_runner(run: Callable[[], object], device: torch.device, calls: int = 20,
@@ -129,4 +142,7 @@ def profile_runner(run: Callable[[], object], device: torch.device, calls: int =
         if cuda:
             torch.cuda.synchronize(device)
     events = _device_events(prof) if cuda else _operator_events(prof)
+    if cuda and not events:
+        log.warning("the profiler recorded no GPU kernels (CUPTI unavailable, or another profiler attached?): "
+                    "no kernel breakdown for this row")
     return summarize_events(events, calls, "kernels" if cuda else "operators", measured_ms)

@@ -58,14 +58,14 @@ def _category_lines(rows: Sequence[dict]) -> list[str]:
 def profile_tables(results: Sequence[dict], top: int = 5) -> str:
     """Where the time goes, per (backend, batch, dtype): the profiled models' categories side by side
     (ms per call, share of the busy time), their busy and measured time, the GPU's idle share, and
-    each model's ``top`` names."""
-    out = []
+    each model's ``top`` names; then the rows whose profiling failed."""
+    out: list[str] = []
     for key in dict.fromkeys(_key(r) for r in results if r.get("profile")):
         rows = [r for r in results if _key(r) == key and r.get("profile")]
         backend, batch, dtype = key
         if not any(r["profile"]["events"] for r in rows):
-            out.append(f"\nwhere the time goes: {backend}, batch {batch}: nothing recorded ({backend} runs outside "
-                       "PyTorch's profiler here)")
+            why = "it runs outside PyTorch's profiler" if backend == "onnxruntime" else "see the log"
+            out.append(f"\nwhere the time goes: {backend}, batch {batch}: nothing recorded ({why})")
             continue
         kernels = rows[0]["profile"]["level"] == "kernels"
         what = "GPU kernel time" if kernels else "CPU time of top-level operators"
@@ -75,11 +75,14 @@ def profile_tables(results: Sequence[dict], top: int = 5) -> str:
         out.append("| **sum** | " + " | ".join(f"{r['profile']['busy_ms']:.3f}" for r in rows) + " |")
         out.append("| measured median | " + " | ".join(f"{r['median_ms']:.3f}" for r in rows) + " |")
         if kernels:
-            out.append("| GPU idle share | " + " | ".join(f"{100 * r['profile']['idle_share']:.0f}%" for r in rows) + " |")
+            idle = [r["profile"]["idle_share"] for r in rows]
+            out.append("| GPU idle share | " + " | ".join("-" if i is None else f"{100 * i:.0f}%" for i in idle) + " |")
         for r in rows:
             names = r["profile"]["top"][:top]
             listed = "; ".join(f"{_short(t['name'])} {t['ms']:.3f} x{t['launches']:g}" for t in names) or "nothing recorded"
             out.append(f"{r['model']}, top {len(names)} (ms per call, calls per call): {listed}")
+    failed = [r for r in results if r.get("profile_error")]
+    out += [f"{r['model']} {r['backend']} b{r['batch']}: not profiled ({r['profile_error']})" for r in failed]
     return "\n".join(out)
 
 

@@ -47,11 +47,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         kernel_table = (plan.latency or {}).get("table", {}).get("backend") == "triton"
         models["compressed"] = apply_variants(models["compressed"], plan.variants, plain=kernel_table)
     macs = {name: flop_counter_macs(m, (1, *per_image)) for name, m in models.items()}
+    profile_calls = args.profile_calls or (20 if args.profile else 0)
     results = []
     bar = ProgressBar()
     for name, model in models.items():
         rows = measure(model, args.backend, per_image, args.batch, dtype, args.iters, args.warmup, args.device, label=name,
-                       progress=lambda i, n, what: bar("measuring", i, n, note=what), profile_calls=args.profile_calls if args.profile else 0)
+                       progress=lambda i, n, what: bar("measuring", i, n, note=what), profile_calls=profile_calls)
         for r in rows:
             r["macs"] = macs[name]
             r["flops_reduction"] = macs.get("dense", macs[name]) / macs[name] if "dense" in macs else None
@@ -61,7 +62,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise BatudeError(f"nothing could be measured here ({reasons})")
     add_speedups(results)
     print(latency_table(results))
-    if args.profile:
+    if profile_calls:
         print(profile_tables(results))
     if plan is not None and plan.latency:
         _predicted_vs_measured(plan, results)
@@ -149,6 +150,6 @@ def register(sub) -> None:
     p.add_argument("--profile", action="store_true",
                    help="after timing, profile each row: time per kernel category (GPU) or top-level operator (CPU), "
                         "the GPU's idle share, the top kernels (also in latency.json)")
-    p.add_argument("--profile-calls", type=positive_int, default=20, help="calls per profile (default 20)")
+    p.add_argument("--profile-calls", type=positive_int, default=None, help="calls per profile (default 20; implies --profile)")
     p.add_argument("--out", default=None, help="folder for latency.json and speedup_vs_flops.png")
     p.set_defaults(func=_cmd_bench)

@@ -31,6 +31,8 @@ SHAPE = (1, 28, 28)  # the shared `compressed` fixture's input (conftest.py)
     ("aten::conv2d", "convolution"), ("batude::tucker2_conv", "batude kernels"), ("aten::linear", "gemm"),
     ("aten::relu_", "elementwise and norm"), ("aten::batch_norm", "elementwise and norm"), ("aten::max_pool2d", "pooling"),
     ("aten::contiguous", "layout and copy"), ("some_unknown_kernel", "other"),
+    ("void cudnn::bn_fw_inf_1C11_kernel_NCHW<__half, float, true, 1>(float, float, ...)", "elementwise and norm"),
+    ("void at::native::batch_norm_transform_input_kernel<c10::Half, float, float, int>(...)", "elementwise and norm"),
 ])
 def test_names_fall_into_their_group(name, group):
     assert categorize(name) == group
@@ -51,7 +53,7 @@ def test_events_summed_per_call_grouped_and_ranked():
     assert p.idle_share == pytest.approx(1 - p.busy_ms / 0.2)
     assert summarize_events(events, 2, "operators", 0.2).idle_share is None  # CPU operators overlap Python: no idle share
     empty = summarize_events([], 3, "kernels", 1.0)
-    assert empty.busy_ms == 0 and empty.categories == [] and empty.top == [] and empty.idle_share == 1.0
+    assert empty.busy_ms == 0 and empty.categories == [] and empty.top == [] and empty.idle_share is None
 
 
 def test_a_cpu_profile_counts_the_top_level_operators_of_a_real_model(compressed):
@@ -69,6 +71,34 @@ def test_a_cpu_profile_counts_the_top_level_operators_of_a_real_model(compressed
     assert sum(c["ms"] for c in p.categories) == pytest.approx(p.busy_ms)
 
 
+def test_operators_inside_a_user_annotation_still_count_as_top_level(compressed):
+    """Inductor runs a compiled graph inside a record_function range (a user annotation); its operators are
+    the model's top-level ones all the same, or a compiled model's CPU profile would come out empty."""
+    model, _ = compressed
+    x = torch.randn(2, *SHAPE)
+
+    def run():
+        with torch.profiler.record_function("## Call CompiledFxGraph ##"):
+            return model(x)
+
+    p = profile_runner(run, torch.device("cpu"), calls=2)
+    top = {t["name"]: t for t in p.top}
+    assert "## Call CompiledFxGraph ##" not in top and top["aten::conv2d"]["launches"] > 20
+
+
+def test_a_failed_profile_keeps_the_timing_and_says_why(compressed, monkeypatch):
+    import batude.bench.backends as backends
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Can't disable Kineto profiler when it's not running")
+
+    monkeypatch.setattr(backends, "profile_runner", broken)  # a profiler that will not start here
+    (row,) = measure(compressed[0], ["eager"], SHAPE, [2], iters=2, warmup=1, label="compressed", profile_calls=2)
+    assert row["available"] and row["median_ms"] > 0 and "profile" not in row
+    assert "RuntimeError: Can't disable Kineto" in row["profile_error"]
+    assert "compressed eager b2: not profiled (RuntimeError" in profile_tables([row])
+
+
 def test_measure_profiles_each_row_and_the_report_sets_models_side_by_side(compressed):
     pytest.importorskip("onnxruntime")
     model, _ = compressed
@@ -79,7 +109,7 @@ def test_measure_profiles_each_row_and_the_report_sets_models_side_by_side(compr
     assert ort["profile"]["events"] == 0  # onnxruntime's own threads: nothing in PyTorch's profiler
     text = profile_tables(rows)
     assert "where the time goes: eager, batch 2, float32" in text and "| category | compressed | dense |" in text
-    assert "| convolution |" in text and "dense, top" in text and "onnxruntime runs outside" in text
+    assert "| convolution |" in text and "dense, top" in text and "onnxruntime, batch 2: nothing recorded (it runs outside" in text
     assert measure(model, ["eager"], SHAPE, [2], iters=2, warmup=1)[0].get("profile") is None  # off by default
 
 
@@ -88,13 +118,14 @@ def test_bench_cli_profile(compressed, tmp_path, capsys):
     ckpt = tmp_path / "c.pt"
     batude.save(ckpt, model, plan=plan, arch="batude:resnet20", arch_kwargs={"in_channels": 1}, metadata={"input_shape": [1, *SHAPE]})
     out = tmp_path / "b"
-    assert main(["bench", str(ckpt), "--compare-dense", "--iters", "2", "--warmup", "1", "--profile", "--profile-calls", "2",
-                 "--out", str(out)]) == 0
+    assert main(["bench", str(ckpt), "--compare-dense", "--iters", "2", "--warmup", "1", "--profile-calls", "2",
+                 "--out", str(out)]) == 0  # --profile-calls implies --profile
     printed = capsys.readouterr().out
     assert "where the time goes: eager, batch 1" in printed and "| measured median |" in printed
     results = json.loads((out / "latency.json").read_text())["results"]
     assert {r["model"] for r in results} == {"dense", "compressed"}
-    assert all(r["profile"]["level"] == "operators" and r["profile"]["busy_ms"] > 0 for r in results)
+    assert all(r["profile"]["level"] == "operators" and r["profile"]["busy_ms"] > 0 and r["profile"]["calls"] == 2
+               for r in results)
 
 
 @pytest.mark.gpu

@@ -149,6 +149,16 @@ def test_interpreter_core_channels_split_over_programs(split_k, split_n, mode):
 
 
 @interp
+@pytest.mark.parametrize("split_n", [3, 8])
+def test_interpreter_a_split_n_that_does_not_fit_the_rank_is_refused(split_n):
+    """R1p = 64: SPLIT_N = 3 does not divide it, 8 leaves 8 channels per program (tl.dot needs 16)."""
+    p = pack_tucker2(*tucker_factors(24, 40, 50, 20, 3))
+    x = nhwc(torch.randn(1, 24, 5, 5))
+    with pytest.raises(BatudeError, match=f"SPLIT_N={split_n} must divide the padded rank R1p=64"):
+        _run(x, p, mode="split", config={**INTERP_CFG_SPLIT3, "SPLIT_N": split_n})
+
+
+@interp
 def test_interpreter_one_config_carries_every_modes_part():
     """A fixed config holding each mode's part (the GPU sweep's ``fixed_gpu_config`` does) serves all three
     modes, each launch taking its own part: on an H200 the fused and split launches once put the halo part
