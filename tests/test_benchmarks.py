@@ -306,3 +306,21 @@ def test_gpu_suite_packs_its_results_into_one_tarball(tmp_path):
     with tarfile.open(tmp_path / "out" / "gpu_suite.tgz") as tar:
         record = json.load(tar.extractfile("./env.json"))
     assert record["torch"] and record["batude"] == batude.__version__
+
+
+def test_gpu_suite_profile_part_runs_its_smoke_schedule_on_the_cpu(tmp_path):
+    """SMOKE=1 PART=profile: plan, bench with --profile, both models profiled, the tables printed and saved."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "SMOKE": "1",
+           "OUT": str(out), "PART": "profile"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "profile" / "latency.json").read_text())["results"]
+    assert {r["model"] for r in results} == {"dense", "compressed"}
+    assert all(r["profile"]["categories"][0]["category"] == "convolution" for r in results)
+    assert "where the time goes: eager, batch 2" in (out / "profile.txt").read_text()
