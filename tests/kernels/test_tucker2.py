@@ -111,29 +111,13 @@ def test_interpreter_epilogue_parts(part, mode):
 
 
 @interp
-@pytest.mark.parametrize("split_k", [3, 30])
+@pytest.mark.parametrize("split_k,split_n", [(3, 1), (30, 1), (1, 2), (1, 4), (3, 2), (30, 4)],
+                         ids=["k3", "k30", "n2", "n4", "k3-n2", "k30-n4"])
 @pytest.mark.parametrize("mode", ["fused", "split"])
-def test_interpreter_split_k_reduction_and_workspace_reset(split_k, mode):
-    from batude.kernels import _configs
-
-    p = pack_tucker2(*tucker_factors(24, 40, 13, 20, 3))
-    x = nhwc(torch.randn(1, 24, 5, 5))
-    res = nhwc(torch.randn(1, 40, 5, 5))
-    cfg = {**INTERP_CFG_SPLIT3, "SPLIT_K": split_k}  # 30 > the 18 reduction steps: some programs have none
-    for _ in range(2):  # the second launch relies on the first having left the workspace zeroed
-        out, ref = _run(x, p, mode=mode, config=cfg, residual=res, relu=True)
-        assert rel_err(out, ref) <= TOL[torch.float32]
-    for ws, cnt in _configs._WORKSPACES[("cpu", None)]:
-        assert not ws.any() and not cnt.any()
-
-
-@interp
-@pytest.mark.parametrize("split_k,split_n", [(1, 2), (1, 4), (3, 2), (30, 4)], ids=["n2", "n4", "k3-n2", "k30-n4"])
-@pytest.mark.parametrize("mode", ["fused", "split"])
-def test_interpreter_core_channels_split_over_programs(split_k, split_n, mode):
-    """SPLIT_N programs each compute a share of the core's R1p = 64 output channels and multiply it by
-    their rows of u_out (with split-K: a share of the reduction too); the partial products meet in
-    the workspace, the last program applies the epilogue, and the workspace is left zeroed."""
+def test_interpreter_split_reduction_and_workspace_reset(split_k, split_n, mode):
+    """SPLIT_K programs share the reduction (30 > the 18 steps: some have none), SPLIT_N programs the core's
+    R1p = 64 output channels, each multiplying its share by its rows of u_out; the partial products meet in
+    the workspace, the last program applies the epilogue, and workspace and counters are left zeroed."""
     from batude.kernels import _configs
 
     p = pack_tucker2(*tucker_factors(24, 40, 50, 20, 3))

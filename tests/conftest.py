@@ -1,4 +1,4 @@
-"""Shared export fixtures."""
+"""Fixtures shared across test folders."""
 
 import pytest
 import torch
