@@ -16,8 +16,8 @@ import logging
 
 import torch
 
-__all__ = ["SPLIT_K_MAX_ROWS", "MIN_SPLIT_N_WIDTH", "parts", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise", "heuristic_halo", "autotuned",
-           "candidates", "KERNELS", "workspace", "scratch", "num_sms", "next_pow2", "launch_fitting", "out_of_resources",
+__all__ = ["SPLIT_K_MAX_ROWS", "MIN_SPLIT_N_WIDTH", "parts", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise",
+           "heuristic_halo", "autotuned", "candidates", "KERNELS", "workspace", "scratch", "num_sms", "next_pow2", "launch_fitting", "out_of_resources",
            "halo_block_m", "halo_rows", "halo_grid", "halo_slot"]
 
 log = logging.getLogger(__name__)

@@ -31,15 +31,16 @@ Tiling: one program owns ``BLOCK_M`` output pixels and ``R1p / SPLIT_N`` core ch
 over ``kh*kw`` taps x ``BLOCK_K`` rank chunks, then over ``S`` in ``BLOCK_S`` tiles for the
 epilogue, multiplying its core channels by their rows of ``u_out``. Few row blocks (batch 1, late
 stages) would leave most SMs idle, so the reduction may be split over ``SPLIT_K`` programs and the
-core's channels over ``SPLIT_N`` programs (each then reads only its share of ``core`` and
-``u_out``, and its accumulator is ``SPLIT_N`` times smaller; in ``fused`` mode each also
-recomputes the first 1x1 for its taps, ``SPLIT_N`` times in all: the autotuner weighs that); the ``SPLIT_K * SPLIT_N`` programs of
-a row block atomically accumulate into an fp32 workspace and the last applies the epilogue
-(:mod:`batude.kernels._configs`). With ``SPLIT_K = 1`` each core channel is complete before it is
-rounded to the activation dtype, as in the 3-conv chain. ``BLOCK_M``, ``BLOCK_K``, ``BLOCK_S``,
-``SPLIT_K``, ``SPLIT_N``, warps and stages are autotuned on the GPU (the untuned heuristic keeps
-``SPLIT_N = 1``: no GPU has timed it yet), keyed on rows ``M = N*H'*W'``, ``H'``, ``W'``, ``C``, ``R2p``, ``S``,
-``R1p``, kernel size, stride and mode (and the dtype); the candidates are pruned per key.
+core's channels over ``SPLIT_N`` programs. Each of those reads only its share of ``core`` and
+``u_out`` and holds a ``SPLIT_N`` times smaller accumulator; in ``fused`` mode each also
+recomputes the first 1x1 for its taps (``SPLIT_N`` times in all: the autotuner weighs that). The
+``SPLIT_K * SPLIT_N`` programs of a row block atomically accumulate into an fp32 workspace and the
+last applies the epilogue (:mod:`batude.kernels._configs`). With ``SPLIT_K = 1`` each core channel
+is complete before it is rounded to the activation dtype, as in the 3-conv chain. ``BLOCK_M``,
+``BLOCK_K``, ``BLOCK_S``, ``SPLIT_K``, ``SPLIT_N``, warps and stages are autotuned on the GPU (the
+untuned heuristic keeps ``SPLIT_N = 1``: no GPU has timed it yet), keyed on rows
+``M = N*H'*W'``, ``H'``, ``W'``, ``C``, ``R2p``, ``S``, ``R1p``, kernel size, stride and mode
+(and the dtype); the candidates are pruned per key.
 The epilogue's four switches are runtime arguments, so one compiled kernel per (``R1p``, mode, tile
 config, dtype) serves every epilogue (fewer compilations while autotuning). fp32 inputs use TF32
 dots on the GPU when ``torch.backends.cudnn.allow_tf32`` (as cuDNN's convs do), IEEE otherwise; the
