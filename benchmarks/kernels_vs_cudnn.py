@@ -89,7 +89,11 @@ def _time(fn, x, args, device, batch, label, compile_: bool = False, layer: bool
     stats = time_callable(run, iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label, calls=calls)
     row = {**stats.to_dict(), "cuda_graph": graph, "calls_per_sample": calls}
     if not layer:
-        row["profile"] = profile_runner(run, device, args.profile_calls, stats.median_ms).to_dict()
+        try:
+            row["profile"] = profile_runner(run, device, args.profile_calls, stats.median_ms).to_dict()
+        except Exception as err:  # a diagnostic: the timing stands without it
+            row["profile_error"] = f"{type(err).__name__}: {err}"
+            print(f"{label}: profiling failed ({err}); the timing stands", flush=True)
     return row
 
 
