@@ -8,7 +8,7 @@ from typing import Sequence
 from batude._io import atomic_path
 from batude.errors import BatudeError
 
-__all__ = ["add_speedups", "latency_table", "plot_speedup", "profile_tables"]
+__all__ = ["add_speedups", "latency_table", "plot_speedup", "profile_tables", "plot_profiles"]
 
 
 def _key(r: dict) -> tuple:
@@ -86,8 +86,7 @@ def profile_tables(results: Sequence[dict], top: int = 5) -> str:
     return "\n".join(out)
 
 
-def plot_speedup(results: Sequence[dict], path: str | Path, title: str = "Measured speedup vs FLOPs reduction") -> None:
-    """Scatter of measured speedup against FLOPs reduction per (backend, batch), with the ideal y = x line."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -95,6 +94,52 @@ def plot_speedup(results: Sequence[dict], path: str | Path, title: str = "Measur
         import matplotlib.pyplot as plt
     except ImportError:
         raise BatudeError("plots need matplotlib: pip install matplotlib (or batude[dev])") from None
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def plot_profiles(results: Sequence[dict], path: str | Path) -> bool:
+    """Stacked bars of each profiled row's time per category (ms per call), one bar per model, grouped by
+    (backend, batch); the measured median as a tick. Returns False (no file) when no row recorded anything."""
+    rows = [r for r in results if r.get("profile") and r["profile"]["events"]]
+    if not rows:
+        return False
+    plt = _pyplot()
+    groups = sorted({g for r in rows for g in (c["category"] for c in r["profile"]["categories"])})
+    colors = dict(zip(groups, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
+    labels = [f"{r['model']} | {r['backend']} b{r['batch']}" for r in rows]
+    for i, r in enumerate(rows):
+        left = 0.0
+        for c in sorted(r["profile"]["categories"], key=lambda c: groups.index(c["category"])):
+            ax.barh(i, c["ms"], left=left, color=colors[c["category"]], label=c["category"])
+            left += c["ms"]
+        ax.plot([r["median_ms"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=1.5)
+    handles = {h.get_label(): h for h in ax.get_legend_handles_labels()[0]}
+    ax.legend([handles[g] for g in groups if g in handles], [g for g in groups if g in handles], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    level = "GPU kernel time" if rows[0]["profile"]["level"] == "kernels" else "CPU time of top-level operators"
+    ax.set_xlabel(f"ms per call ({level}; black tick: measured median)")
+    ax.set_title("Where the time goes")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def plot_speedup(results: Sequence[dict], path: str | Path, title: str = "Measured speedup vs FLOPs reduction") -> None:
+    """Scatter of measured speedup against FLOPs reduction per (backend, batch), with the ideal y = x line."""
+    plt = _pyplot()
     points = [r for r in results if "speedup" in r and r.get("flops_reduction")]
     fig, ax = plt.subplots(figsize=(6, 4))
     top = max([r["flops_reduction"] for r in points] + [1.0]) * 1.05
@@ -108,8 +153,4 @@ def plot_speedup(results: Sequence[dict], path: str | Path, title: str = "Measur
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
+    _save(fig, path)

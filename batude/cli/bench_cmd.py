@@ -13,7 +13,7 @@ from batude._io import check_out_dir, write_text_atomic
 from batude.bench.backends import Backend, measure
 from batude.bench.env import environment
 from batude.bench.lut import table_key
-from batude.bench.report import add_speedups, latency_table, plot_speedup, profile_tables
+from batude.bench.report import add_speedups, latency_table, plot_profiles, plot_speedup, profile_tables
 from batude.cli._common import ProgressBar, add_model_args, device_arg, load_from_args, non_negative_int, positive_int
 from batude.cli.model_cmds import apply_with_progress, plan_for
 from batude.errors import BatudeError
@@ -75,6 +75,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         write_text_atomic(out / "latency.json", json.dumps(report, indent=2) + "\n")
         if any("speedup" in r for r in results):
             plot_speedup(results, out / "speedup_vs_flops.png")
+        if profile_calls and plot_profiles(results, out / "time_breakdown.png"):
+            print(f"wrote {out / 'time_breakdown.png'}")
         print(f"wrote {out / 'latency.json'}")
     return 0
 
@@ -149,7 +151,7 @@ def register(sub) -> None:
     p.add_argument("--per-layer", action="store_true", help="also time each Tucker layer: dense vs every exact chain variant")
     p.add_argument("--profile", action="store_true",
                    help="after timing, profile each row: time per kernel category (GPU) or top-level operator (CPU), "
-                        "the GPU's idle share, the top kernels (also in latency.json)")
+                        "the GPU's idle share, the top kernels (also in latency.json, and time_breakdown.png with --out)")
     p.add_argument("--profile-calls", type=positive_int, default=None, help="calls per profile (default 20; implies --profile)")
     p.add_argument("--out", default=None, help="folder for latency.json and speedup_vs_flops.png")
     p.set_defaults(func=_cmd_bench)

@@ -8,7 +8,7 @@ import torch
 import batude
 from batude.bench.backends import make_runner, measure
 from batude.bench.profile import TOP, categorize, profile_runner, summarize_events
-from batude.bench.report import profile_tables
+from batude.bench.report import plot_profiles, profile_tables
 from batude.cli import main
 
 SHAPE = (1, 28, 28)  # the shared `compressed` fixture's input (conftest.py)
@@ -126,6 +126,7 @@ def test_bench_cli_profile(compressed, tmp_path, capsys):
     assert {r["model"] for r in results} == {"dense", "compressed"}
     assert all(r["profile"]["level"] == "operators" and r["profile"]["busy_ms"] > 0 and r["profile"]["calls"] == 2
                for r in results)
+    assert (out / "time_breakdown.png").stat().st_size > 1000 and "wrote" in printed
 
 
 @pytest.mark.gpu
@@ -141,7 +142,7 @@ def test_a_gpu_profile_sees_the_kernels_of_a_replayed_cuda_graph(compressed):
         assert 0 < p["busy_ms"] < 1.5 * r["median_ms"] and p["idle_share"] is not None
 
 
-def test_kernel_profiles_report_the_gpu_idle_share_side_by_side():
+def test_kernel_profiles_report_the_gpu_idle_share_side_by_side(tmp_path):
     dense = summarize_events([("sm90_xmma_fprop_implicit_gemm_nhwc", 80.0), ("vectorized_elementwise_kernel", 20.0)], 1,
                              "kernels", measured_ms=0.125)
     tucker = summarize_events([("_tucker2_kernel", 60.0), ("_pointwise_kernel", 10.0)], 1, "kernels", measured_ms=0.1)
@@ -152,3 +153,7 @@ def test_kernel_profiles_report_the_gpu_idle_share_side_by_side():
     assert "| convolution | 0.080 (80%) | - |" in text and "| batude kernels | - | 0.070 (100%) |" in text
     assert "| GPU idle share | 20% | 30% |" in text
     assert "compressed, top 2 (ms per call, calls per call): _tucker2_kernel 0.060 x1; _pointwise_kernel 0.010 x1" in text
+    assert plot_profiles([row("dense", dense), row("compressed", tucker)], tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    nothing = summarize_events([], 1, "kernels", 0.1)
+    assert not plot_profiles([row("dense", nothing)], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
