@@ -45,7 +45,6 @@ def _args(argv=None):
     return p.parse_args(argv)
 
 
-
 def rows_for(lut_path: str, model: str, shape, budgets: list[float], also: list[str]) -> list[dict]:
     lut = LatencyTable.load(lut_path)
     dense = reference_model(model)

@@ -36,7 +36,7 @@ from batude._io import write_text_atomic
 from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
 from batude.bench.lut import calls_per_layer_sample
-from batude.bench.profile import profile_runner
+from batude.bench.profile import profile_entry
 from batude.bench.report import profile_tables
 from batude.bench.timing import time_callable
 from batude.nn import TuckerConv2d
@@ -89,11 +89,7 @@ def _time(fn, x, args, device, batch, label, compile_: bool = False, layer: bool
     stats = time_callable(run, iters=args.iters, warmup=args.warmup, device=device, batch=batch, label=label, calls=calls)
     row = {**stats.to_dict(), "cuda_graph": graph, "calls_per_sample": calls}
     if not layer:
-        try:
-            row["profile"] = profile_runner(run, device, args.profile_calls, stats.median_ms).to_dict()
-        except Exception as err:  # a diagnostic: the timing stands without it
-            row["profile_error"] = f"{type(err).__name__}: {err}"
-            print(f"{label}: profiling failed ({err}); the timing stands", flush=True)
+        row.update(profile_entry(run, device, args.profile_calls, stats.median_ms, label))
     return row
 
 

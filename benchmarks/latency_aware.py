@@ -300,7 +300,6 @@ def table(batches: list[dict]) -> str:
     return "\n".join(lines)
 
 
-
 def replan(folder: str | Path) -> list[dict]:
     """Each plan of a saved run made again on that run's tables: predicted ms then and now (see ``--replan``)."""
     folder = Path(folder)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from batude._device import resolve_device
-from batude.bench.profile import profile_runner
+from batude.bench.profile import profile_entry
 from batude.bench.timing import Stats, time_callable
 from batude.errors import BatudeError
 
@@ -182,7 +182,7 @@ def measure(model: nn.Module, backends: Sequence[Backend | str], input_shape: Se
 
     ``progress(i, n, what)`` is called before each of the ``n`` cells and once with ``i == n``.
     ``profile_calls`` > 0: after timing, profile that many calls of each runner
-    (:func:`batude.bench.profile.profile_runner`) into the entry's ``profile``.
+    (:func:`batude.bench.profile.profile_entry`) into the entry's ``profile`` (``profile_error`` if it failed).
     """
     results = []
     cells = [(backend, batch) for backend in map(Backend, backends) for batch in batches]
@@ -196,11 +196,8 @@ def measure(model: nn.Module, backends: Sequence[Backend | str], input_shape: Se
                                          batch=int(batch), label=f"{label} {backend.value} b{batch}")
             entry.update(available=True, device=str(runner.device), **stats.to_dict())
             if profile_calls:
-                try:
-                    entry["profile"] = profile_runner(runner.run, runner.device, profile_calls, stats.median_ms).to_dict()
-                except Exception as err:  # a profiler that will not start costs the breakdown, not the timings
-                    entry["profile_error"] = f"{type(err).__name__}: {err}"
-                    log.warning("%s b%s: profiling failed (%s); the timing stands", backend.value, batch, err)
+                entry.update(profile_entry(runner.run, runner.device, profile_calls, stats.median_ms,
+                                           f"{label} {backend.value} b{batch}"))
         except BackendUnavailable as err:
             entry.update(available=False, reason=str(err))
             log.info("%s unavailable: %s", backend.value, err)

@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["CATEGORIES", "Profile", "profile_runner", "categorize", "summarize_events"]
+__all__ = ["CATEGORIES", "Profile", "profile_entry", "profile_runner", "categorize", "summarize_events"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,12 @@ def summarize_events(events: list[tuple[str, float]], calls: int, level: str, me
         return {label: extra.pop("key"), **extra, "ms": ms, "share": ms / busy_ms if busy_ms else 0.0,
                 "launches": len(times) / calls}
 
+    group_of = {name: categorize(name) for name in by_name}
     groups: dict[str, list[float]] = {}
     for name, times in by_name.items():
-        groups.setdefault(categorize(name), []).extend(times)
+        groups.setdefault(group_of[name], []).extend(times)
     categories = sorted((row("category", t, key=g) for g, t in groups.items()), key=lambda r: -r["ms"])
-    top = sorted((row("name", t, key=n, category=categorize(n)) for n, t in by_name.items()), key=lambda r: -r["ms"])[:TOP]
+    top = sorted((row("name", t, key=n, category=group_of[n]) for n, t in by_name.items()), key=lambda r: -r["ms"])[:TOP]
     idle = None
     if measured_ms and level == "kernels" and events:  # no kernel recorded is no evidence of an idle GPU
         idle = 1.0 - busy_ms / measured_ms
@@ -146,3 +147,14 @@ def profile_runner(run: Callable[[], object], device: torch.device, calls: int =
         log.warning("the profiler recorded no GPU kernels (CUPTI unavailable, or another profiler attached?): "
                     "no kernel breakdown for this row")
     return summarize_events(events, calls, "kernels" if cuda else "operators", measured_ms)
+
+
+def profile_entry(run: Callable[[], object], device: torch.device, calls: int, measured_ms: float | None = None,
+                  label: str = "") -> dict:
+    """``{"profile": ...}`` of :func:`profile_runner`, or ``{"profile_error": ...}`` where the profiler would not
+    run (one already active, CUPTI refused): a diagnostic, so a failure costs the breakdown, never the timing."""
+    try:
+        return {"profile": profile_runner(run, device, calls, measured_ms).to_dict()}
+    except Exception as err:
+        log.warning("%s: profiling failed (%s); the timing stands", label, err)
+        return {"profile_error": f"{type(err).__name__}: {err}"}

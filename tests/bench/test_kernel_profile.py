@@ -87,12 +87,12 @@ def test_operators_inside_a_user_annotation_still_count_as_top_level(compressed)
 
 
 def test_a_failed_profile_keeps_the_timing_and_says_why(compressed, monkeypatch):
-    import batude.bench.backends as backends
+    import batude.bench.profile as profile
 
     def broken(*args, **kwargs):
         raise RuntimeError("Can't disable Kineto profiler when it's not running")
 
-    monkeypatch.setattr(backends, "profile_runner", broken)  # a profiler that will not start here
+    monkeypatch.setattr(profile, "profile_runner", broken)  # a profiler that will not start here
     (row,) = measure(compressed[0], ["eager"], SHAPE, [2], iters=2, warmup=1, label="compressed", profile_calls=2)
     assert row["available"] and row["median_ms"] > 0 and "profile" not in row
     assert "RuntimeError: Can't disable Kineto" in row["profile_error"]
