@@ -11,11 +11,17 @@ what ``mode="auto"`` picks). Whole model: ResNet-18 with a uniform 2.52x plan, r
 ResNet-18 with BN folded (eager and ``torch.compile``, both in CUDA graphs; the faster is the
 baseline) and the unfused Tucker chain; each whole-model row is also profiled (GPU time per kernel
 category, the GPU's idle share, the top kernels: ``batude.bench.profile``) and the profiles of a
-batch are printed side by side. Everything is measured in this process; the goals of the
-kernels issue are evaluated and printed. Writes ``kernels_vs_cudnn.json`` and ``.png`` to ``--out``.
+batch are printed side by side. Every per-layer row also gets its form's roofline
+(``batude.bench.roofline``: the floor its FLOPs and compulsory bytes set under the device's matrix
+rate and memory bandwidth, measured at the start of the run unless ``--ceilings`` gives them), and
+the rooflines are printed as a table and drawn in ``roofline.png``. Everything is measured in this
+process; the goals of the kernels issue are evaluated and printed. Writes ``kernels_vs_cudnn.json``
+and ``.png`` to ``--out``.
 
     python benchmarks/kernels_vs_cudnn.py --out bench_kernels            # H100/H200: about 3-4 minutes
     TRITON_INTERPRET=1 python benchmarks/kernels_vs_cudnn.py --smoke --out /tmp/k   # CPU: checks the script
+    python benchmarks/kernels_vs_cudnn.py --from-json RUN/kernels_vs_cudnn.json --ceilings 788,4300 --out DIR
+        # any machine: an earlier run's layers against the given ceilings (default: the run's own, else the datasheet's)
 
 ``--budget-s`` bounds the run: once exceeded, remaining measurements are recorded as skipped.
 """
@@ -37,8 +43,11 @@ from batude.bench.backends import Backend, torch_runner
 from batude.bench.env import environment
 from batude.bench.lut import calls_per_layer_sample
 from batude.bench.profile import profile_entry
-from batude.bench.report import profile_tables
+from batude.bench.report import plot_roofline, profile_tables
+from batude.bench.roofline import Ceilings, datasheet_ceilings, layer_work, measure_ceilings, roofline
+from batude.cli._common import ceilings_arg
 from batude.bench.timing import time_callable
+from batude.functional.cost import ConvGeometry
 from batude.nn import TuckerConv2d
 from batude.nn.tucker_conv import ensure_kernels_importable
 
@@ -71,6 +80,10 @@ def _args(argv=None):
     p.add_argument("--profile-calls", type=int, default=20, help="replays per whole-model profile")
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--smoke", action="store_true", help="CPU under TRITON_INTERPRET=1, tiny shapes, one iteration")
+    p.add_argument("--ceilings", type=ceilings_arg, default=None, metavar="TFLOPS,GBPS",
+                   help="matrix rate and memory bandwidth for the rooflines (default: measured at the start of the run)")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="measure nothing: add rooflines to an earlier run's kernels_vs_cudnn.json and write it to --out")
     return p.parse_args(argv)
 
 
@@ -250,6 +263,63 @@ def goals(layers: list[dict], models: list[dict]) -> list[dict]:
     return out
 
 
+def add_rooflines(layers: list[dict], ceilings: Ceilings, dtype: str) -> None:
+    """Each timed layer row's roofline: its form (the variant) on its 3x3 conv's geometry, batch and dtype."""
+    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    for r in layers:
+        if "median_ms" not in r:
+            continue
+        out = (r["hw"] + 2 - 3) // r["stride"] + 1
+        g = ConvGeometry(r["c_out"], r["c_in"], (3, 3), r["hw"] ** 2, out * out)
+        ranks = None if r["variant"] == "dense" else tuple(r["ranks"])
+        r["roofline"] = roofline(layer_work(r["variant"], g, ranks, r["batch"], size), ceilings, r["median_ms"])
+
+
+def roofline_table(layers: list[dict]) -> str:
+    """Markdown: per 3x3 conv and batch, each variant's measured and floor time (µs) and the share of the floor reached."""
+    variants = [v for v in ("dense", "chain", *KERNEL_MODES) if any(r.get("variant") == v for r in layers)]
+    lines = ["| 3x3 conv (C->S, H², stride) | batch | " + " | ".join(f"{v}: measured / floor µs (share)" for v in variants) + " |",
+             "|---|---|" + "---|" * len(variants)]
+    for key in dict.fromkeys((r["c_in"], r["c_out"], r["hw"], r["stride"], r["batch"]) for r in layers if r.get("roofline")):
+        mine = {r["variant"]: r for r in layers if r.get("roofline") and (r["c_in"], r["c_out"], r["hw"], r["stride"], r["batch"]) == key}
+        cells = [f"{1e3 * mine[v]['median_ms']:.1f} / {1e3 * mine[v]['roofline']['floor_ms']:.1f} "
+                 f"({100 * mine[v]['roofline']['floor_share']:.0f}%, {mine[v]['roofline']['bound']})" if v in mine else "-"
+                 for v in variants]
+        c, s, h, stride, batch = key
+        lines.append(f"| {c}->{s}, {h}², s{stride} | {batch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _rooflines_from_json(args) -> int:
+    """``--from-json``: an earlier report's layers against ``--ceilings`` (else its own, else the datasheet's)."""
+    try:
+        report = json.loads(Path(args.from_json).read_text())
+        layers = report["layers"]
+    except (OSError, ValueError, KeyError) as err:
+        print(f"cannot read a kernels_vs_cudnn report from {args.from_json}: {err}", file=sys.stderr)
+        return 2
+    gpu = report.get("env", {}).get("gpu")
+    ceilings = args.ceilings or (Ceilings.from_dict(report["ceilings"]) if report.get("ceilings") else datasheet_ceilings(gpu))
+    if ceilings is None:
+        print(f"no ceilings for {gpu!r}: give --ceilings TFLOPS,GBPS", file=sys.stderr)
+        return 2
+    add_rooflines(layers, ceilings, report.get("dtype", "float16"))
+    report.update(ceilings=ceilings.to_dict(), rooflines_from=args.from_json)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "kernels_vs_cudnn.json", json.dumps(report, indent=2) + "\n")
+    _print_rooflines(report, out, gpu)
+    return 0
+
+
+def _print_rooflines(report: dict, out: Path, gpu: str | None) -> None:
+    c = report["ceilings"]
+    print(f"rooflines at {c['tflops']:.4g} TFLOP/s and {c['gbps']:.4g} GB/s ({c['source']}; ridge {c['ridge_flop_per_byte']:.0f} FLOP/B):")
+    print(roofline_table(report["layers"]))
+    if plot_roofline(report["layers"], c, out / "roofline.png", f"ResNet-18 3x3 convs, {gpu or 'CPU'}, {report.get('dtype')}"):
+        print(f"wrote {out / 'roofline.png'}")
+
+
 def plot(report: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -282,6 +352,8 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = _args(argv)
+    if args.from_json:
+        return _rooflines_from_json(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
@@ -298,12 +370,16 @@ def main(argv=None) -> int:
             return 2
         device, dtype, batches = torch.device("cuda"), torch.float16, [int(b) for b in args.batches.split(",")]
         torch.backends.cudnn.benchmark = True
+    ceilings = args.ceilings or measure_ceilings(device, dtype, **({"copy_mib": 8, "matmul": 128, "iters": 2} if args.smoke else {}))
+    print(f"ceilings: {ceilings.tflops:.4g} TFLOP/s, {ceilings.gbps:.4g} GB/s ({ceilings.source})", flush=True)
     clock = Clock(args.budget_s)
 
     def write_report(layers: list[dict], models: list[dict], done: bool) -> dict:
         """The report so far, written at once: a run killed in the model part keeps its layer table."""
+        add_rooflines(layers, ceilings, str(dtype).replace("torch.", ""))
         r = {"env": environment(), "args": vars(args), "dtype": str(dtype).replace("torch.", ""), "complete": done,
-             "layers": layers, "model": models, "goals": goals(layers, models), "elapsed_s": time.perf_counter() - clock.start}
+             "ceilings": ceilings.to_dict(), "layers": layers, "model": models, "goals": goals(layers, models),
+             "elapsed_s": time.perf_counter() - clock.start}
         write_text_atomic(out / "kernels_vs_cudnn.json", json.dumps(r, indent=2) + "\n")
         return r
 
@@ -312,6 +388,7 @@ def main(argv=None) -> int:
     models = [] if args.skip_model else model_rows(args, device, dtype, batches, clock)
     report = write_report(layers, models, done=True)
     plot(report, out / "kernels_vs_cudnn.png")
+    _print_rooflines(report, out, report["env"].get("gpu"))
     for g in report["goals"]:
         measured = "-" if g["measured"] is None else f"{g['measured']:.2f}x"
         print(f"{'MET ' if g['met'] else 'MISS'} {g['goal']}: {measured} (target {g['target']}x)")

@@ -4,6 +4,9 @@ For a factorised model, :func:`profile_layers` records each ``TuckerConv2d``'s i
 forward pass, then times the dense conv rebuilt from it and each variant of
 :func:`batude.export.lower.variant_module` on a random input of that shape, so a user sees which
 layers pay for their FLOPs and which do not (and which variant the latency policy should pick).
+Given the device's :class:`~batude.bench.roofline.Ceilings`, each row also carries its form's roofline
+(``roofline``: floor ms, bound, achieved rates, ``floor_share``): how far the time is from what the
+hardware allows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from batude._device import resolve_device
+from batude.bench.roofline import Ceilings, layer_work, roofline
 from batude.bench.timing import noise_summarised, time_callable
 from batude.export.lower import Variant, variant_macs, variant_module
 from batude.nn.profile import profile_model
@@ -41,13 +45,20 @@ def layer_input_shapes(model: nn.Module, input_shape: Sequence[int], names: Sequ
 
 
 def profile_layers(model: nn.Module, input_shape: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,
-                   device: str = "cpu", iters: int = 30, warmup: int = 5) -> list[dict]:
-    """Rows ``{layer, variant, macs, median_ms, speedup_vs_dense, ...}`` for every Tucker layer (eager)."""
+                   device: str = "cpu", iters: int = 30, warmup: int = 5, ceilings: Ceilings | None = None) -> list[dict]:
+    """Rows ``{layer, variant, macs, median_ms, speedup_vs_dense, ...}`` for every Tucker layer (eager), each with
+    its ``roofline`` where ``ceilings`` are given."""
     dev = resolve_device(device)
     geometry = {l.name: l.geometry for l in profile_model(model, input_shape).layers}
     tucker = [name for name, m in model.named_modules() if isinstance(m, TuckerConv2d)]
     with noise_summarised("per-layer profile"):
-        return _profile(model, layer_input_shapes(model, input_shape, tucker), geometry, batch, dtype, dev, iters, warmup)
+        rows = _profile(model, layer_input_shapes(model, input_shape, tucker), geometry, batch, dtype, dev, iters, warmup)
+    if ceilings is not None:
+        size = torch.empty((), dtype=dtype).element_size()
+        for r in rows:
+            work = layer_work(r["variant"], geometry[r["layer"]], r["ranks"], batch, size)
+            r["roofline"] = roofline(work, ceilings, r["median_ms"])
+    return rows
 
 
 def _profile(model, shapes, geometry, batch, dtype, dev, iters, warmup) -> list[dict]:
@@ -62,7 +73,7 @@ def _profile(model, shapes, geometry, batch, dtype, dev, iters, warmup) -> list[
             stats = time_callable(lambda: module(x), iters=iters, warmup=warmup, device=dev, batch=batch, label=f"{name} {variant.value}")
             dense_ms = stats.median_ms if variant is Variant.DENSE else dense_ms
             rows.append({
-                "layer": name, "variant": variant.value, "ranks": list(layer.ranks), "input_shape": list(shape),
+                "layer": name, "variant": variant.value, "ranks": list(layer.ranks), "input_shape": list(shape), "batch": batch,
                 "macs": variant_macs(variant, g.out_channels, g.in_channels, g.kernel_area, layer.ranks, g.in_positions, g.out_positions),
                 "median_ms": stats.median_ms, "cv": stats.cv, "speedup_vs_dense": dense_ms / stats.median_ms,
             })

@@ -8,7 +8,7 @@ from typing import Sequence
 from batude._io import atomic_path
 from batude.errors import BatudeError
 
-__all__ = ["add_speedups", "latency_table", "plot_speedup", "profile_tables", "plot_profiles"]
+__all__ = ["add_speedups", "latency_table", "plot_speedup", "profile_tables", "plot_profiles", "plot_roofline"]
 
 
 def _key(r: dict) -> tuple:
@@ -154,3 +154,38 @@ def plot_speedup(results: Sequence[dict], path: str | Path, title: str = "Measur
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_roofline(rows: Sequence[dict], ceilings: dict, path: str | Path, title: str = "Roofline") -> bool:
+    """Achieved TFLOP/s against arithmetic intensity for every row with a ``roofline`` (coloured by ``variant``, one
+    marker per ``batch``) under the device's roofs (``ceilings``: :meth:`batude.bench.roofline.Ceilings.to_dict`).
+    Returns False (no file) when no row has a roofline."""
+    rows = [r for r in rows if r.get("roofline")]
+    if not rows:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [r["roofline"]["intensity"] for r in rows]
+    lo, hi = min(xs + [ceilings["ridge_flop_per_byte"]]) / 2, max(xs + [ceilings["ridge_flop_per_byte"]]) * 2
+    grid = [lo * (hi / lo) ** (i / 100) for i in range(101)]
+    ax.plot(grid, [min(ceilings["tflops"], ceilings["gbps"] * x / 1e3) for x in grid], color="black", linewidth=1,
+            label=f"roof: {ceilings['tflops']:.4g} TFLOP/s, {ceilings['gbps']:.4g} GB/s")
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    markers = dict(zip(sorted({r["batch"] for r in rows}), "os^vDP"))
+    colors = dict(zip(variants, plt.get_cmap("tab10").colors))
+    for r in rows:
+        ax.scatter(r["roofline"]["intensity"], r["roofline"]["achieved_tflops"], color=colors[r["variant"]],
+                   marker=markers[r["batch"]], s=28)
+    for v in variants:
+        ax.scatter([], [], color=colors[v], marker="o", label=v)
+    for b, m in markers.items():
+        ax.scatter([], [], color="gray", marker=m, label=f"batch {b}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP per byte moved, at least)")
+    ax.set_ylabel("achieved TFLOP/s")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    _save(fig, path)
+    return True

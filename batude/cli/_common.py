@@ -67,6 +67,16 @@ def budget_arg(text: str) -> Budget:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def ceilings_arg(text: str):
+    """``TFLOPS,GBPS``: a device's matrix rate and memory bandwidth (:class:`batude.bench.roofline.Ceilings`)."""
+    from batude.bench.roofline import parse_ceilings
+
+    try:
+        return parse_ceilings(text)
+    except BatudeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser, *, input_option: bool = True) -> None:
     p.add_argument("model", metavar="MODEL", help="checkpoint path, .pt2 program, or torchvision:NAME / batude:NAME / package.module:function")
     if input_option:

@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from batude._io import check_out_dir, write_text_atomic
+from batude._device import resolve_device
 from batude.bench.backends import Backend, measure
 from batude.bench.env import environment
 from batude.bench.lut import table_key
-from batude.bench.report import add_speedups, latency_table, plot_profiles, plot_speedup, profile_tables
-from batude.cli._common import ProgressBar, add_model_args, device_arg, load_from_args, non_negative_int, positive_int
+from batude.bench.report import add_speedups, latency_table, plot_profiles, plot_roofline, plot_speedup, profile_tables
+from batude.cli._common import ProgressBar, add_model_args, ceilings_arg, device_arg, load_from_args, non_negative_int, positive_int
 from batude.cli.model_cmds import apply_with_progress, plan_for
 from batude.errors import BatudeError
 from batude.export.lower import apply_variants
@@ -77,6 +78,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             plot_speedup(results, out / "speedup_vs_flops.png")
         if profile_calls and plot_profiles(results, out / "time_breakdown.png"):
             print(f"wrote {out / 'time_breakdown.png'}")
+        if layers and plot_roofline(layers["rows"], layers["ceilings"], out / "roofline.png",
+                                    f"Tucker layers, eager, batch {args.batch[0]}, {dtype}".replace("torch.", "")):
+            print(f"wrote {out / 'roofline.png'}")
         print(f"wrote {out / 'latency.json'}")
     return 0
 
@@ -100,21 +104,26 @@ def _predicted_vs_measured(plan, results: list[dict]) -> None:
               f"batch {table.get('batch')}, {table.get('backend')}); no row here matches it, so no prediction is compared")
 
 
-def _per_layer(args: argparse.Namespace, models: dict, shape: tuple[int, ...], dtype: torch.dtype) -> list[dict]:
+def _per_layer(args: argparse.Namespace, models: dict, shape: tuple[int, ...], dtype: torch.dtype) -> dict:
     from batude.bench.layers import profile_layers
+    from batude.bench.roofline import measure_ceilings
 
     model = models.get("compressed", models.get("model"))
-    rows = profile_layers(model, shape, batch=args.batch[0], dtype=dtype, device=args.device or "cpu",
-                          iters=args.iters, warmup=args.warmup)
-    print(f"\nper layer (eager, batch {args.batch[0]}): median ms and speedup vs the dense conv")
+    device = args.device or "cpu"
+    ceilings = args.ceilings or measure_ceilings(resolve_device(device), dtype)
+    rows = profile_layers(model, shape, batch=args.batch[0], dtype=dtype, device=device,
+                          iters=args.iters, warmup=args.warmup, ceilings=ceilings)
+    print(f"\nper layer (eager, batch {args.batch[0]}): median ms (speedup vs the dense conv; share of the form's roofline "
+          f"floor at {ceilings.tflops:.4g} TFLOP/s and {ceilings.gbps:.4g} GB/s, {ceilings.source})")
     print("| layer | ranks | dense | chain | merge_first | merge_last | best |")
     print("|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["layer"] for r in rows):
         mine = {r["variant"]: r for r in rows if r["layer"] == name}
         best = min(mine.values(), key=lambda r: r["median_ms"])
-        cells = " | ".join(f"{mine[v]['median_ms']:.3f} ({mine[v]['speedup_vs_dense']:.2f}x)" for v in ("dense", "chain", "merge_first", "merge_last"))
+        cells = " | ".join(f"{mine[v]['median_ms']:.3f} ({mine[v]['speedup_vs_dense']:.2f}x; {mine[v]['roofline']['floor_share']:.0%})"
+                           for v in ("dense", "chain", "merge_first", "merge_last"))
         print(f"| {name} | {','.join(map(str, mine['chain']['ranks']))} | {cells} | {best['variant']} |")
-    return rows
+    return {"ceilings": ceilings.to_dict(), "rows": rows}
 
 
 def _copy(model):
@@ -148,7 +157,10 @@ def register(sub) -> None:
     p.add_argument("--iters", type=positive_int, default=50)
     p.add_argument("--warmup", type=non_negative_int, default=10)
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda for the torch backends (default cpu)")
-    p.add_argument("--per-layer", action="store_true", help="also time each Tucker layer: dense vs every exact chain variant")
+    p.add_argument("--per-layer", action="store_true", help="also time each Tucker layer: dense vs every exact chain variant, "
+                   "each against its roofline floor")
+    p.add_argument("--ceilings", type=ceilings_arg, default=None, metavar="TFLOPS,GBPS",
+                   help="the device's matrix rate and memory bandwidth for --per-layer's rooflines (default: measured here)")
     p.add_argument("--profile", action="store_true",
                    help="after timing, profile each row: time per kernel category (GPU) or top-level operator (CPU), "
                         "the GPU's idle share, the top kernels (also in latency.json, and time_breakdown.png with --out)")

@@ -7,6 +7,7 @@ import torch
 
 import batude
 from batude.bench.backends import measure
+from batude.bench.roofline import Ceilings
 from batude.bench.report import add_speedups, latency_table, plot_speedup
 from batude.cli import main
 from batude.nn import densify, flop_counter_macs
@@ -82,7 +83,7 @@ def test_per_layer_profile_times_every_variant_of_every_tucker_layer(compressed)
     from batude.nn import TuckerConv2d
 
     model, _ = compressed
-    rows = profile_layers(model, (1, *SHAPE), batch=2, iters=2, warmup=1)
+    rows = profile_layers(model, (1, *SHAPE), batch=2, iters=2, warmup=1, ceilings=Ceilings(1.0, 10.0))
     tucker = [n for n, m in model.named_modules() if isinstance(m, TuckerConv2d)]
     assert sorted({r["layer"] for r in rows}) == sorted(tucker)
     assert {r["variant"] for r in rows} == {"dense", "chain", "merge_first", "merge_last"}
@@ -90,6 +91,9 @@ def test_per_layer_profile_times_every_variant_of_every_tucker_layer(compressed)
     assert first[0]["variant"] == "dense" and first[0]["speedup_vs_dense"] == 1.0 and first[0]["input_shape"] == [16, 28, 28]
     dense_macs = first[0]["macs"]
     assert all(r["macs"] < dense_macs for r in first[1:])  # at 2.52x every variant of this layer is cheaper in MACs
+    for r in rows:  # each form against its floor: FLOPs as counted, time as measured
+        assert r["roofline"]["flops"] == 2 * 2 * r["macs"]
+        assert r["roofline"]["floor_share"] == pytest.approx(r["roofline"]["floor_ms"] / r["median_ms"])
 
 
 def test_bench_cli_per_layer(compressed, tmp_path, capsys):
@@ -97,8 +101,16 @@ def test_bench_cli_per_layer(compressed, tmp_path, capsys):
     ckpt = tmp_path / "c.pt"
     batude.save(ckpt, model, plan=plan, arch="batude:resnet20", arch_kwargs={"in_channels": 1}, metadata={"input_shape": [1, *SHAPE]})
     assert main(["bench", str(ckpt), "--per-layer", "--iters", "2", "--warmup", "1", "--out", str(tmp_path / "b")]) == 0
-    assert "| layer1.0.conv1 |" in capsys.readouterr().out
-    assert json.loads((tmp_path / "b" / "latency.json").read_text())["layers"]
+    out = capsys.readouterr().out
+    assert "| layer1.0.conv1 |" in out and "measured on CPU" in out
+    layers = json.loads((tmp_path / "b" / "latency.json").read_text())["layers"]
+    assert layers["ceilings"]["source"].startswith("measured on CPU")
+    assert all(0 < r["roofline"]["floor_share"] for r in layers["rows"])
+    assert (tmp_path / "b" / "roofline.png").stat().st_size > 0
+    assert main(["bench", str(ckpt), "--per-layer", "--iters", "1", "--warmup", "0", "--ceilings", "2,20"]) == 0
+    assert "at 2 TFLOP/s and 20 GB/s, given" in capsys.readouterr().out
+    assert main(["bench", str(ckpt), "--per-layer", "--ceilings", "2"]) == 2
+    assert "TFLOPS,GBPS" in capsys.readouterr().err
 
 
 @pytest.mark.gpu

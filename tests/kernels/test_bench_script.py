@@ -40,6 +40,25 @@ def test_smoke_run_writes_json_and_plot(tmp_path):
     assert all(r["profile"]["categories"][0]["category"] == "convolution" for r in chain)
     assert report["goals"] and all(set(g) == {"goal", "target", "measured", "met"} for g in report["goals"])
     assert (tmp_path / "kernels_vs_cudnn.png").stat().st_size > 1000
+    # every timed layer against its form's floor, under ceilings measured at the start of the run
+    assert report["ceilings"]["source"].startswith("measured on CPU")
+    assert all(0 < r["roofline"]["floor_share"] and r["roofline"]["bound"] in ("compute", "memory") for r in layers)
+    assert (tmp_path / "roofline.png").stat().st_size > 1000
+
+
+def test_rooflines_of_an_earlier_run_need_no_device(tmp_path, capsys):
+    """``--from-json``: the committed H200 run against given ceilings, then against the datasheet's for its GPU."""
+    committed = ROOT / "benchmarks" / "results" / "h200_kernels" / "kernels_vs_cudnn.json"
+    assert _script().main(["--from-json", str(committed), "--ceilings", "788,4300", "--out", str(tmp_path / "given")]) == 0
+    out = capsys.readouterr().out
+    assert "| 64->64, 56², s1 | 64 | 44.6 / 18.8 (42%, compute) |" in out  # dense: 14.8 GFLOP at 788 TFLOP/s
+    report = json.loads((tmp_path / "given" / "kernels_vs_cudnn.json").read_text())
+    assert report["ceilings"]["source"] == "given" and report["rooflines_from"] == str(committed)
+    assert sum("roofline" in r for r in report["layers"]) == 70  # 7 shapes x 2 batches x 5 forms
+    assert _script().main(["--from-json", str(committed), "--out", str(tmp_path / "sheet")]) == 0
+    assert "H200 SXM datasheet" in capsys.readouterr().out
+    assert _script().main(["--from-json", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "cannot read a kernels_vs_cudnn report" in capsys.readouterr().err
 
 
 def _compressed_resnet20():

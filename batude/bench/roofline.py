@@ -1,0 +1,185 @@
+"""How far a measured time is from what the hardware allows: the roofline floor of one layer's form.
+
+A form of a layer (the dense conv, the 3-conv Tucker chain, a merged variant, a fused kernel) is a
+sequence of stages; each reads its weights once and writes its output once, and every output but
+the last is read back by the next stage. So a form must move at least ``input + weights + 2 x
+intermediates + output`` bytes through device memory and execute its FLOPs; over the device's two
+ceilings (:class:`Ceilings`: a matrix rate in TFLOP/s and a memory bandwidth in GB/s, bytes read
+plus written) the larger of the two times is the form's **floor**: no implementation of that form
+runs faster. ``floor_share = floor / measured`` says how much of the hardware a measured time
+used (1.0: at the floor); the larger term says whether the form is bound by bytes or arithmetic.
+
+Counted FLOPs are those the form executes: the ``fused`` kernel recomputes the first 1x1 at every
+tap of the core (``kh*kw`` times per output pixel), so it executes more than the chain; the
+``halo`` kernel recomputes only its tiles' borders, which depend on the tile (counted as the
+chain's: its floor is a lower bound). Ceilings are measured on the device (:func:`measure_ceilings`:
+a large copy and a large matrix product in the run's dtype) or given; datasheet rates
+(:data:`DATASHEET`) are upper leads that measured ceilings stay 10-20% under.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from batude.bench.timing import time_callable
+from batude.errors import BatudeError
+from batude.functional.cost import ConvGeometry
+
+__all__ = ["Ceilings", "DATASHEET", "datasheet_ceilings", "measure_ceilings", "parse_ceilings", "Work", "FORMS",
+           "layer_work", "roofline"]
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """A device's matrix rate (``tflops``, TFLOP/s in the run's dtype) and memory bandwidth (``gbps``, GB/s, bytes
+    read plus written), and where they come from (``source``)."""
+
+    tflops: float
+    gbps: float
+    source: str = "given"
+
+    def __post_init__(self) -> None:
+        if not (self.tflops > 0 and self.gbps > 0):
+            raise BatudeError(f"ceilings must be positive, got {self.tflops} TFLOP/s and {self.gbps} GB/s; "
+                              "give them as TFLOPS,GBPS, e.g. 989,4800")
+
+    @property
+    def ridge(self) -> float:
+        """FLOP per byte above which a form is bound by arithmetic rather than memory."""
+        return self.tflops * 1e3 / self.gbps
+
+    def to_dict(self) -> dict:
+        return {"tflops": self.tflops, "gbps": self.gbps, "source": self.source, "ridge_flop_per_byte": self.ridge}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Ceilings":
+        return cls(float(d["tflops"]), float(d["gbps"]), str(d.get("source", "given")))
+
+
+# Dense fp16/bf16 tensor-core rate and memory bandwidth by NVIDIA's datasheets (the sparse rate halved),
+# matched on torch.cuda.get_device_name(); most specific names first.
+DATASHEET: tuple[tuple[str, Ceilings], ...] = (
+    ("H100 PCIe", Ceilings(756.0, 2000.0, "NVIDIA H100 PCIe datasheet")),
+    ("H100 NVL", Ceilings(835.0, 3900.0, "NVIDIA H100 NVL datasheet")),
+    ("H200", Ceilings(989.4, 4800.0, "NVIDIA H200 SXM datasheet")),
+    ("H100", Ceilings(989.4, 3350.0, "NVIDIA H100 SXM5 datasheet")),
+    ("A100-SXM4-80GB", Ceilings(312.0, 2039.0, "NVIDIA A100 80GB SXM datasheet")),
+)
+
+
+def datasheet_ceilings(gpu_name: str | None) -> Ceilings | None:
+    """The datasheet ceilings of a GPU by its name (``NVIDIA H200``, ``NVIDIA H100 80GB HBM3``), None if unknown."""
+    for key, ceilings in DATASHEET:
+        if gpu_name and key.lower() in gpu_name.lower():
+            return ceilings
+    return None
+
+
+def parse_ceilings(text: str) -> Ceilings:
+    """``"TFLOPS,GBPS"`` (e.g. ``"788,4300"``) as given ceilings."""
+    try:
+        tflops, gbps = (float(v) for v in text.split(","))
+    except ValueError:
+        raise BatudeError(f"ceilings '{text}' must be two numbers TFLOPS,GBPS, e.g. 788,4300") from None
+    return Ceilings(tflops, gbps, "given")
+
+
+def measure_ceilings(device: torch.device | str, dtype: torch.dtype = torch.float16, *, copy_mib: int | None = None,
+                     matmul: int | None = None, iters: int = 10) -> Ceilings:
+    """The device's two ceilings, measured: a ``copy_mib`` MiB device-to-device copy (bytes read plus written over
+    its median time) and an ``matmul``-cubed matrix product in ``dtype`` (``2 n^3`` FLOPs over its median time).
+    Defaults: 1024 MiB and 8192 on CUDA, 128 MiB and 1024 on the CPU (seconds either way)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    copy_mib = copy_mib or (1024 if cuda else 128)
+    n = matmul or (8192 if cuda else 1024)
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    return Ceilings(_matmul_tflops(device, dtype, n, iters), _copy_gbps(device, copy_mib, iters),
+                    f"measured on {name}: {copy_mib} MiB copy, {n}^3 {str(dtype).replace('torch.', '')} matmul")
+
+
+def _copy_gbps(device: torch.device, mib: int, iters: int) -> float:
+    src = torch.ones(mib * 2 ** 20 // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    stats = time_callable(lambda: dst.copy_(src), iters=iters, warmup=3, device=device, label="copy ceiling")
+    return 2 * mib * 2 ** 20 / (stats.median_ms * 1e6)  # bytes read plus written
+
+
+def _matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, iters: int) -> float:
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    stats = time_callable(lambda: a @ b, iters=iters, warmup=3, device=device, label="matmul ceiling")
+    return 2 * n ** 3 / (stats.median_ms * 1e9)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one call of a form must do: ``flops`` executed and ``bytes`` moved through device memory (at least)."""
+
+    flops: float
+    bytes: float
+
+    @property
+    def intensity(self) -> float:
+        """FLOP per byte."""
+        return self.flops / self.bytes
+
+    def floor_ms(self, c: Ceilings) -> float:
+        return max(self.flops / (c.tflops * 1e9), self.bytes / (c.gbps * 1e6))
+
+    def bound(self, c: Ceilings) -> str:
+        return "compute" if self.intensity >= c.ridge else "memory"
+
+
+FORMS = ("dense", "chain", "merge_first", "merge_last", "split", "fused", "halo")
+
+
+def _stages(form: str, g: ConvGeometry, ranks: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(MACs per image, weight elements, output elements per image)`` of each stage of ``form``, in order."""
+    r1, r2 = ranks
+    c, s, k, p_in, p_out = g.in_channels, g.out_channels, g.kernel_area, g.in_positions, g.out_positions
+    first = (p_in * c * r2, c * r2, p_in * r2)  # 1x1 C->R2 at the input resolution
+    core, last = (p_out * k * r2 * r1, k * r2 * r1, p_out * r1), (p_out * r1 * s, r1 * s, p_out * s)
+    core_last = (core[0] + last[0], core[1] + last[1], p_out * s)  # the last 1x1 in the core's epilogue
+    if form == "dense":
+        return [(p_out * s * c * k // g.groups, s * c * k // g.groups, p_out * s)]
+    if form == "chain":
+        return [first, core, last]
+    if form == "merge_first":
+        return [(p_out * k * c * r1, k * c * r1, p_out * r1), last]
+    if form == "merge_last":
+        return [first, (p_out * k * r2 * s, k * r2 * s, p_out * s)]
+    if form == "split":
+        return [first, core_last]
+    if form == "fused":  # the first 1x1 recomputed at each of the k taps of every output pixel
+        return [(p_out * k * c * r2 + core_last[0], first[1] + core_last[1], p_out * s)]
+    if form == "halo":
+        return [(first[0] + core_last[0], first[1] + core_last[1], p_out * s)]
+    raise BatudeError(f"no roofline model for the form '{form}'; one of {', '.join(FORMS)}")
+
+
+def layer_work(form: str, g: ConvGeometry, ranks: Sequence[int] | None, batch: int, element_size: int = 2) -> Work:
+    """The work of one call of ``form`` on a batch: FLOPs ``2 * batch * MACs`` and bytes ``element_size * (input +
+    weights + 2 * intermediates + output)`` (``ranks`` = ``(R1, R2)``: the core's output and input ranks; None for
+    ``dense``). Biases, BatchNorm and activations are not counted (a few channels' worth)."""
+    if form != "dense" and (ranks is None or len(ranks) != 2 or min(ranks) < 1):
+        raise BatudeError(f"the form '{form}' needs its ranks (R1, R2), got {ranks}")
+    stages = _stages(form, g, ranks if ranks is not None else (0, 0))
+    macs = sum(m for m, _, _ in stages)
+    weights = sum(w for _, w, _ in stages)
+    inter = sum(o for _, _, o in stages[:-1])
+    elements = batch * (g.in_positions * g.in_channels + 2 * inter + stages[-1][2]) + weights
+    return Work(2.0 * batch * macs, float(element_size * elements))
+
+
+def roofline(work: Work, ceilings: Ceilings, measured_ms: float) -> dict:
+    """The roofline fields of one measured row: FLOPs, bytes, intensity, floor (ms), its bound, the achieved
+    TFLOP/s and GB/s, and ``floor_share`` (floor / measured: 1.0 at the floor)."""
+    if not measured_ms > 0:
+        raise BatudeError(f"a roofline needs a positive measured time, got {measured_ms} ms")
+    floor = work.floor_ms(ceilings)
+    return {"flops": work.flops, "bytes": work.bytes, "intensity": work.intensity, "floor_ms": floor,
+            "bound": work.bound(ceilings), "achieved_tflops": work.flops / (measured_ms * 1e9),
+            "achieved_gbps": work.bytes / (measured_ms * 1e6), "floor_share": floor / measured_ms}
