@@ -5,10 +5,13 @@ For the 3x3 and 1x1 conv shapes of ResNet-18/50 (224²) and Fashion-MNIST ResNet
 (``fused``/``split``/``halo`` Tucker-2, the 1x1 ``chain``), every autotuning candidate that survives pruning
 (and the heuristic config) is compiled once per distinct specialisation with Triton's own compiler
 and ``ptxas`` (:mod:`batude.kernels.aot`). It reports compile errors, shared memory against the
-per-block limit, registers and spills, global loads/stores left unvectorised, and exits 1 if any kernel would not compile or launch.
+per-block limit, registers and spills, global loads/stores left unvectorised, how many warps of each
+can be resident on an SM (and what limits them), and exits 1 if any kernel would not compile or launch.
 
     python benchmarks/kernels_aot.py --out benchmarks/results/kernels_aot            # all: 1636 kernels, 24-26 min on 2 cores (shared with a training run)
     python benchmarks/kernels_aot.py --out /tmp/aot --models resnet20 --dtypes fp16  # a quick subset
+    python benchmarks/kernels_aot.py --from-json benchmarks/results/kernels_aot_sm90/kernels_aot.json --out DIR
+        # compiles nothing: an earlier sweep's records with their occupancy, summarised again
 
 What it cannot find: wrong results and slow code (the ``gpu`` tests and kernels_vs_cudnn.py on a GPU).
 """
@@ -28,7 +31,7 @@ from batude.nn.tucker_conv import ensure_kernels_importable
 
 ensure_kernels_importable()  # a checkout on PYTHONPATH (not pip-installed) has no batude.kernels otherwise
 
-from batude.kernels.aot import SHARED_LIMIT, Layer, compile_spec, layer_specs, spec_key  # noqa: E402
+from batude.kernels.aot import SHARED_LIMIT, Layer, compile_spec, layer_specs, occupancy, spec_key  # noqa: E402
 
 # (C_in, C_out, H=W, stride) at the conv's input resolution, as in tests/kernels/kernel_cases.py
 SHAPES = {
@@ -75,11 +78,31 @@ def _args(argv=None):
     p.add_argument("--modes", default="fused,split,halo", help="tucker2_conv modes of the kxk layers (1x1 pairs: their one kernel)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="compile only the first N distinct kernels (a smoke run)")
+    p.add_argument("--from-json", default=None, metavar="PATH", help="compile nothing: add occupancy to an earlier sweep's records")
     return p.parse_args(argv)
+
+
+def _from_json(a) -> int:
+    try:
+        report = json.loads(Path(a.from_json).read_text())
+        records, arch = report["records"], report["arch"]
+    except (OSError, ValueError, KeyError) as err:
+        print(f"error: cannot read a kernels_aot sweep from {a.from_json}: {err}", file=sys.stderr)
+        return 2
+    for r in records:
+        r["occupancy"] = occupancy(r.get("registers"), r.get("shared_bytes"), r["num_warps"], arch)
+    report.update(summary=_summary(records, arch), occupancy_from=a.from_json)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels_aot.json").write_text(json.dumps(report, separators=(",", ":")))
+    _print_summary(report["summary"], arch)
+    return 0
 
 
 def main(argv=None) -> int:
     a = _args(argv)
+    if a.from_json:
+        return _from_json(a)
     models, dtypes = a.models.split(","), a.dtypes.split(",")
     unknown = [m for m in models if m not in SHAPES]
     if unknown:
@@ -130,18 +153,31 @@ def _summary(records: list[dict], arch: int) -> list[dict]:
                      "max_registers": max((r["registers"] or 0 for r in ok), default=None),
                      "spilling": sum(bool(r.get("spill_bytes")) for r in ok),
                      "max_spill_bytes": max((r.get("spill_bytes") or 0 for r in ok), default=0),
-                     "scalar_global": sum(bool(r.get("scalar_global")) for r in ok)})
+                     "scalar_global": sum(bool(r.get("scalar_global")) for r in ok),
+                     **_occupancy_summary([r["occupancy"] for r in ok if r.get("occupancy")])})
     return rows
+
+
+def _occupancy_summary(occ: list[dict]) -> dict:
+    """Resident warps per SM over a group's kernels: least, median, how many have at most 8, the usual limiter."""
+    warps = sorted(o["warps_per_sm"] for o in occ)
+    limiters = defaultdict(int)
+    for o in occ:
+        limiters[o["limiter"]] += 1
+    return {"min_warps_per_sm": warps[0] if warps else None, "median_warps_per_sm": warps[len(warps) // 2] if warps else None,
+            "at_most_8_warps": sum(w <= 8 for w in warps), "limiters": dict(limiters)}
 
 
 def _print_summary(rows: list[dict], arch: int) -> None:
     print(f"\n| kernel | dtype | kernels compiled for sm_{arch} | failed | max shared (limit) | max registers | spilling "
-          "| with scalar global loads/stores |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| with scalar global loads/stores | resident warps per SM: least / median | at most 8 | limited by |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        limiters = ", ".join(f"{k} {v}" for k, v in sorted(r.get("limiters", {}).items(), key=lambda kv: -kv[1])) or "-"
         print(f"| {r['kernel']} | {r['dtype']} | {r['compiled']} | {r['failed']} | "
               f"{r['max_shared_bytes']} ({r['shared_limit']}) | {r['max_registers']} | "
-              f"{r['spilling']} (max {r['max_spill_bytes']} B) | {r['scalar_global']} |")
+              f"{r['spilling']} (max {r['max_spill_bytes']} B) | {r['scalar_global']} | "
+              f"{r.get('min_warps_per_sm')} / {r.get('median_warps_per_sm')} | {r.get('at_most_8_warps', '-')} | {limiters} |")
 
 
 if __name__ == "__main__":

@@ -38,13 +38,18 @@ from batude.kernels.lowrank import chain_args
 from batude.kernels.pack import pad_rank_in, pad_rank_out
 from batude.kernels.tucker2 import core_args, tucker2_output_size
 
-__all__ = ["SHARED_LIMIT", "Layer", "Spec", "layer_specs", "specialize", "spec_key", "compile_spec",
-           "aot_unavailable_reason"]
+__all__ = ["SHARED_LIMIT", "SM_LIMITS", "Layer", "Spec", "layer_specs", "specialize", "spec_key", "compile_spec",
+           "occupancy", "aot_unavailable_reason"]
 
 # Largest dynamic shared memory one block may opt in to, bytes (CUDA C++ Programming Guide,
 # "Technical Specifications per Compute Capability": 163 KB on 8.0, 99 KB on 8.6/8.9, 227 KB on 9.0/10.0).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024}
 REGISTERS_PER_SM = 65536  # 64K 32-bit registers per SM (and per block) on every architecture above
+# Residency per SM (same guide and table): shared memory per SM (bytes), resident warps, resident blocks. Each block
+# also reserves 1 KB of shared memory for the system, and registers are allocated per warp in units of 256.
+SM_LIMITS = {80: (164 * 1024, 64, 32), 86: (100 * 1024, 48, 16), 89: (100 * 1024, 48, 24), 90: (228 * 1024, 64, 32),
+             100: (228 * 1024, 64, 32)}
+_RESERVED_SHARED, _REGISTER_UNIT = 1024, 256
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -230,6 +235,24 @@ def _ptxas_report(ptx: str, arch: int) -> dict:
             "spill_bytes": int(spill.group(1)) + int(spill.group(2)) if spill else None}
 
 
+def occupancy(registers: int | None, shared_bytes: int | None, num_warps: int, arch: int = 90) -> dict | None:
+    """How many blocks of a compiled kernel can be resident on one SM at once, and what limits them.
+
+    ``{"blocks_per_sm", "warps_per_sm", "limiter"}``, the limiter one of ``registers``, ``shared memory``,
+    ``warps`` or ``blocks``; None where the architecture or the register count is unknown. Few resident
+    warps leave little to switch to while a load is in flight: a kernel that cannot hide memory latency
+    this way must do it with its software pipeline (``num_stages``) alone.
+    """
+    if arch not in SM_LIMITS or registers is None or shared_bytes is None:
+        return None
+    shared_per_sm, max_warps, max_blocks = SM_LIMITS[arch]
+    per_warp = -(-registers * 32 // _REGISTER_UNIT) * _REGISTER_UNIT
+    by = {"registers": REGISTERS_PER_SM // (per_warp * num_warps), "shared memory": shared_per_sm // (shared_bytes + _RESERVED_SHARED),
+          "warps": max_warps // num_warps, "blocks": max_blocks}
+    limiter = min(by, key=by.get)
+    return {"blocks_per_sm": by[limiter], "warps_per_sm": by[limiter] * num_warps, "limiter": limiter}
+
+
 def compile_spec(spec: Spec, arch: int = 90) -> dict:
     """Compile one launch for ``sm_<arch>`` here (no GPU needed) and check what the GPU would refuse.
 
@@ -237,8 +260,8 @@ def compile_spec(spec: Spec, arch: int = 90) -> dict:
     ``error`` (the last line of the compiler's message, or which limit was exceeded), ``shared_bytes``,
     ``registers`` (per thread), ``spill_bytes``, ``scalar_global`` (global loads and stores in the PTX
     that move one element per thread instead of a 64/128-bit vector), ``tensor_core`` (``mma.sync`` and
-    ``wgmma`` instructions: zero means every ``tl.dot`` became FMAs), ``seconds``, the config and the
-    spec's origin.
+    ``wgmma`` instructions: zero means every ``tl.dot`` became FMAs), ``occupancy`` (:func:`occupancy`),
+    ``seconds``, the config and the spec's origin.
     """
     import triton
     from triton.compiler import ASTSource
@@ -266,5 +289,6 @@ def compile_spec(spec: Spec, arch: int = 90) -> dict:
     threads = 32 * spec.num_warps
     if rec["registers"] is not None and rec["registers"] * threads > REGISTERS_PER_SM:
         errors.append(f"{rec['registers']} registers x {threads} threads exceed the {REGISTERS_PER_SM}-register file")
-    rec.update(ok=not errors, error="; ".join(errors) or None)
+    rec.update(ok=not errors, error="; ".join(errors) or None,
+               occupancy=occupancy(rec["registers"], rec["shared_bytes"], spec.num_warps, arch))
     return rec

@@ -40,6 +40,7 @@ def test_resnet18_tucker2_layer_compiles_for_h100(mode, dtype):
     assert 0 < rec["shared_bytes"] <= SHARED_LIMIT[90]
     assert 0 < rec["registers"] <= 255 and rec["spill_bytes"] is not None
     assert rec["fuse_first"] is (mode == "fused") and rec["rp"] == 128
+    assert rec["occupancy"]["warps_per_sm"] >= rec["num_warps"]  # at least one block fits an SM
 
 
 @pytest.mark.parametrize("mode", ["fused", "split"])
