@@ -275,6 +275,35 @@ def add_rooflines(layers: list[dict], ceilings: Ceilings, dtype: str) -> None:
         r["roofline"] = roofline(layer_work(r["variant"], g, ranks, r["batch"], size), ceilings, r["median_ms"])
 
 
+def add_model_rooflines(models: list[dict], ceilings: Ceilings, dtype: str, smoke: bool) -> None:
+    """Each timed whole-model row's roofline: dense as dense convs, the chain as 3-conv chains, ``triton`` with its
+    factorised convs on kernels that keep intermediates on chip; BN, ReLU, adds and pooling fused (``model_work``)."""
+    from batude.bench.roofline import model_work
+    from batude.nn import profile_model
+
+    if not any("median_ms" in r for r in models):
+        return
+    dense, tucker, shape, _ = _model_pair(smoke)
+    profiles = {"dense": profile_model(dense, (1, *shape)), "tucker": profile_model(tucker, (1, *shape))}
+    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    for r in models:
+        if "median_ms" in r:
+            work = model_work(profiles["dense" if r["model"] == "dense" else "tucker"], r["batch"], size,
+                              kernels=r["model"] == "triton")
+            r["roofline"] = roofline(work, ceilings, r["median_ms"])
+
+
+def model_roofline_table(models: list[dict]) -> str:
+    """Markdown: each whole-model row's measured and floor time (ms) and the share of the floor reached."""
+    lines = ["| model | backend | batch | measured ms | floor ms | share of floor | bound |", "|---|---|---|---|---|---|---|"]
+    for r in models:
+        if r.get("roofline"):
+            rl = r["roofline"]
+            lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.3f} | {rl['floor_ms']:.3f} | "
+                         f"{100 * rl['floor_share']:.0f}% | {rl['bound']} |")
+    return "\n".join(lines)
+
+
 def roofline_table(layers: list[dict]) -> str:
     """Markdown: per 3x3 conv and batch, each variant's measured and floor time (µs) and the share of the floor reached."""
     variants = [v for v in ("dense", "chain", *KERNEL_MODES) if any(r.get("variant") == v for r in layers)]
@@ -304,6 +333,7 @@ def _rooflines_from_json(args) -> int:
         print(f"no ceilings for {gpu!r}: give --ceilings TFLOPS,GBPS", file=sys.stderr)
         return 2
     add_rooflines(layers, ceilings, report.get("dtype", "float16"))
+    add_model_rooflines(report.get("model", []), ceilings, report.get("dtype", "float16"), bool(report.get("args", {}).get("smoke")))
     report.update(ceilings=ceilings.to_dict(), rooflines_from=args.from_json)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -316,6 +346,8 @@ def _print_rooflines(report: dict, out: Path, gpu: str | None) -> None:
     c = report["ceilings"]
     print(f"rooflines at {c['tflops']:.4g} TFLOP/s and {c['gbps']:.4g} GB/s ({c['source']}; ridge {c['ridge_flop_per_byte']:.0f} FLOP/B):")
     print(roofline_table(report["layers"]))
+    if any(r.get("roofline") for r in report.get("model", [])):
+        print(model_roofline_table(report["model"]))
     if plot_roofline(report["layers"], c, out / "roofline.png", f"ResNet-18 3x3 convs, {gpu or 'CPU'}, {report.get('dtype')}"):
         print(f"wrote {out / 'roofline.png'}")
 
@@ -377,6 +409,7 @@ def main(argv=None) -> int:
     def write_report(layers: list[dict], models: list[dict], done: bool) -> dict:
         """The report so far, written at once: a run killed in the model part keeps its layer table."""
         add_rooflines(layers, ceilings, str(dtype).replace("torch.", ""))
+        add_model_rooflines(models, ceilings, str(dtype).replace("torch.", ""), args.smoke)
         r = {"env": environment(), "args": vars(args), "dtype": str(dtype).replace("torch.", ""), "complete": done,
              "ceilings": ceilings.to_dict(), "layers": layers, "model": models, "goals": goals(layers, models),
              "elapsed_s": time.perf_counter() - clock.start}

@@ -26,17 +26,24 @@ def add_speedups(results: list[dict], dense_label: str = "dense") -> list[dict]:
 
 
 def latency_table(results: Sequence[dict]) -> str:
-    """Markdown table: model, FLOPs reduction, backend, batch, dtype, median/p90 ms, CV, throughput, speedup."""
-    lines = ["| model | FLOPs reduction | backend | batch | dtype | median ms | p90 ms | CV | images/s | speedup vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table: model, FLOPs reduction, backend, batch, dtype, median/p90 ms, CV, throughput, speedup, and the
+    roofline floor (ms, and the share of it the median reached) where the rows have one."""
+    floors = any(r.get("roofline") for r in results)
+    head = "| model | FLOPs reduction | backend | batch | dtype | median ms | p90 ms | CV | images/s | speedup vs dense |"
+    lines = [head + (" floor ms (share) |" if floors else ""), "|---" * (11 if floors else 10) + "|"]
     for r in results:
         red = f"{r['flops_reduction']:.2f}x" if r.get("flops_reduction") else "-"
         if not r.get("available"):
-            lines.append(f"| {r['model']} | {red} | {r['backend']} | {r['batch']} | {r['dtype']} | unavailable: {r['reason']} | | | | |")
+            lines.append(f"| {r['model']} | {red} | {r['backend']} | {r['batch']} | {r['dtype']} | unavailable: {r['reason']} | | | | |"
+                         + (" |" if floors else ""))
             continue
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        floor = ""
+        if floors:
+            rl = r.get("roofline")
+            floor = f" {rl['floor_ms']:.3f} ({100 * rl['floor_share']:.0f}%) |" if rl else " - |"
         lines.append(f"| {r['model']} | {red} | {r['backend']} | {r['batch']} | {r['dtype']} | {r['median_ms']:.3f} | "
-                     f"{r['p90_ms']:.3f} | {100 * r['cv']:.1f}% | {r['throughput']:.1f} | {speed} |")
+                     f"{r['p90_ms']:.3f} | {100 * r['cv']:.1f}% | {r['throughput']:.1f} | {speed} |" + floor)
     return "\n".join(lines)
 
 

@@ -9,7 +9,9 @@ plus written) the larger of the two times is the form's **floor**: no implementa
 runs faster. ``floor_share = floor / measured`` says how much of the hardware a measured time
 used (1.0: at the floor); the larger term says whether the form is bound by bytes or arithmetic.
 
-Counted FLOPs are those the form executes: the ``fused`` kernel recomputes the first 1x1 at every
+:func:`model_work` sums the layers of a whole model (every BatchNorm, activation, residual add and
+pooling assumed fused into them, as compiled models and batude's fused blocks do), so a model's
+floor is a lower bound for any implementation of it. Counted FLOPs are those the form executes: the ``fused`` kernel recomputes the first 1x1 at every
 tap of the core (``kh*kw`` times per output pixel), so it executes more than the chain; the
 ``halo`` kernel recomputes only its tiles' borders, which depend on the tile (counted as the
 chain's: its floor is a lower bound). Ceilings are measured on the device (:func:`measure_ceilings`:
@@ -26,10 +28,11 @@ import torch
 
 from batude.bench.timing import time_callable
 from batude.errors import BatudeError
-from batude.functional.cost import ConvGeometry
+from batude.functional.cost import ConvGeometry, LayerKind
+from batude.nn.profile import LayerProfile, ModelProfile
 
 __all__ = ["Ceilings", "DATASHEET", "datasheet_ceilings", "measure_ceilings", "parse_ceilings", "Work", "FORMS",
-           "layer_work", "roofline"]
+           "layer_work", "model_work", "roofline"]
 
 
 @dataclass(frozen=True)
@@ -133,18 +136,24 @@ class Work:
         return "compute" if self.intensity >= c.ridge else "memory"
 
 
-FORMS = ("dense", "chain", "merge_first", "merge_last", "split", "fused", "halo")
+TUCKER_FORMS = ("chain", "merge_first", "merge_last", "split", "fused", "halo")
+LOWRANK_FORMS = ("lowrank", "lowrank_kernel")  # a 1x1 pair (or Linear pair) as two layers / as one kernel
+FORMS = ("dense", *TUCKER_FORMS, *LOWRANK_FORMS)
 
 
 def _stages(form: str, g: ConvGeometry, ranks: Sequence[int]) -> list[tuple[int, int, int]]:
     """``(MACs per image, weight elements, output elements per image)`` of each stage of ``form``, in order."""
-    r1, r2 = ranks
     c, s, k, p_in, p_out = g.in_channels, g.out_channels, g.kernel_area, g.in_positions, g.out_positions
+    if form == "dense":
+        return [(p_out * s * c * k // g.groups, s * c * k // g.groups, p_out * s)]
+    if form in LOWRANK_FORMS:  # both factors at the output resolution (a strided 1x1 keeps its stride on the first)
+        (r,) = ranks
+        first, second = (p_out * c * r, c * r, p_out * r), (p_out * r * s, r * s, p_out * s)
+        return [first, second] if form == "lowrank" else [(first[0] + second[0], first[1] + second[1], p_out * s)]
+    r1, r2 = ranks
     first = (p_in * c * r2, c * r2, p_in * r2)  # 1x1 C->R2 at the input resolution
     core, last = (p_out * k * r2 * r1, k * r2 * r1, p_out * r1), (p_out * r1 * s, r1 * s, p_out * s)
     core_last = (core[0] + last[0], core[1] + last[1], p_out * s)  # the last 1x1 in the core's epilogue
-    if form == "dense":
-        return [(p_out * s * c * k // g.groups, s * c * k // g.groups, p_out * s)]
     if form == "chain":
         return [first, core, last]
     if form == "merge_first":
@@ -155,23 +164,48 @@ def _stages(form: str, g: ConvGeometry, ranks: Sequence[int]) -> list[tuple[int,
         return [first, core_last]
     if form == "fused":  # the first 1x1 recomputed at each of the k taps of every output pixel
         return [(p_out * k * c * r2 + core_last[0], first[1] + core_last[1], p_out * s)]
-    if form == "halo":
-        return [(first[0] + core_last[0], first[1] + core_last[1], p_out * s)]
-    raise BatudeError(f"no roofline model for the form '{form}'; one of {', '.join(FORMS)}")
+    return [(first[0] + core_last[0], first[1] + core_last[1], p_out * s)]  # halo
 
 
 def layer_work(form: str, g: ConvGeometry, ranks: Sequence[int] | None, batch: int, element_size: int = 2) -> Work:
     """The work of one call of ``form`` on a batch: FLOPs ``2 * batch * MACs`` and bytes ``element_size * (input +
-    weights + 2 * intermediates + output)`` (``ranks`` = ``(R1, R2)``: the core's output and input ranks; None for
-    ``dense``). Biases, BatchNorm and activations are not counted (a few channels' worth)."""
-    if form != "dense" and (ranks is None or len(ranks) != 2 or min(ranks) < 1):
-        raise BatudeError(f"the form '{form}' needs its ranks (R1, R2), got {ranks}")
-    stages = _stages(form, g, ranks if ranks is not None else (0, 0))
+    weights + 2 * intermediates + output)``. ``ranks``: ``(R1, R2)`` (the core's output and input ranks) for the
+    Tucker forms, ``(R,)`` for a low-rank pair, None for ``dense``. The input is read once where a kxk kernel or the
+    first 1x1 of a Tucker chain runs over it, and at the sampled pixels only where a strided 1x1 does. Biases,
+    BatchNorm and activations are not counted (a few channels' worth)."""
+    if form not in FORMS:
+        raise BatudeError(f"no roofline model for the form '{form}'; one of {', '.join(FORMS)}")
+    wanted = 2 if form in TUCKER_FORMS else 1 if form in LOWRANK_FORMS else 0
+    if wanted and (ranks is None or len(ranks) != wanted or min(ranks) < 1):
+        raise BatudeError(f"the form '{form}' needs {'its ranks (R1, R2)' if wanted == 2 else 'its rank (R,)'}, got {ranks}")
+    stages = _stages(form, g, ranks if wanted else ())
     macs = sum(m for m, _, _ in stages)
     weights = sum(w for _, w, _ in stages)
     inter = sum(o for _, _, o in stages[:-1])
-    elements = batch * (g.in_positions * g.in_channels + 2 * inter + stages[-1][2]) + weights
+    read = (g.out_positions if g.kernel_area == 1 else g.in_positions) * g.in_channels
+    elements = batch * (read + 2 * inter + stages[-1][2]) + weights
     return Work(2.0 * batch * macs, float(element_size * elements))
+
+
+def model_work(profile: ModelProfile, batch: int, element_size: int = 2, kernels: bool = False) -> Work:
+    """The work of a whole model from its profile (:func:`batude.nn.profile.profile_model`): each conv/Linear
+    layer in its form (``dense``; a Tucker layer as its 3-conv ``chain``, a low-rank pair as two layers; with
+    ``kernels``, every factorised conv on a kernel that keeps its intermediates on chip: ``halo``,
+    ``lowrank_kernel``), as if every BatchNorm, activation, residual add and pooling were fused into them (they
+    add no bytes). So its floor bounds any implementation of the model from below."""
+    flops = nbytes = 0.0
+    for layer in profile.layers:
+        work = layer_work(_model_form(layer, kernels), layer.geometry, layer.ranks, batch, element_size)
+        flops, nbytes = flops + work.flops, nbytes + work.bytes
+    return Work(flops, nbytes)
+
+
+def _model_form(layer: LayerProfile, kernels: bool) -> str:
+    if layer.ranks is None:
+        return "dense"
+    if layer.kind is LayerKind.TUCKER2:
+        return "halo" if kernels else "chain"
+    return "lowrank_kernel" if kernels and layer.kind is LayerKind.LOWRANK_CONV else "lowrank"
 
 
 def roofline(work: Work, ceilings: Ceilings, measured_ms: float) -> dict:

@@ -62,17 +62,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         reasons = "; ".join(dict.fromkeys(f"{r['backend']}: {r['reason']}" for r in results))
         raise BatudeError(f"nothing could be measured here ({reasons})")
     add_speedups(results)
+    ceilings = _ceilings(args, dtype)
+    if ceilings is not None:
+        _model_rooflines(results, models, per_image, ceilings)
     print(latency_table(results))
+    if ceilings is not None:
+        print(f"floor: the model's roofline floor at {ceilings.tflops:.4g} TFLOP/s and {ceilings.gbps:.4g} GB/s ({ceilings.source}), "
+              "every BatchNorm, activation, add and pooling fused into its convs")
     if profile_calls:
         print(profile_tables(results))
     if plan is not None and plan.latency:
         _predicted_vs_measured(plan, results)
-    layers = _per_layer(args, models, shape, dtype) if args.per_layer else None
+    layers = _per_layer(args, models, shape, dtype, ceilings) if args.per_layer else None
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         report = {"env": environment(), "input_shape": list(per_image), "plan": None if plan is None else plan.method,
-                  "results": results, "layers": layers}
+                  "ceilings": None if ceilings is None else ceilings.to_dict(), "results": results, "layers": layers}
         write_text_atomic(out / "latency.json", json.dumps(report, indent=2) + "\n")
         if any("speedup" in r for r in results):
             plot_speedup(results, out / "speedup_vs_flops.png")
@@ -104,13 +110,35 @@ def _predicted_vs_measured(plan, results: list[dict]) -> None:
               f"batch {table.get('batch')}, {table.get('backend')}); no row here matches it, so no prediction is compared")
 
 
-def _per_layer(args: argparse.Namespace, models: dict, shape: tuple[int, ...], dtype: torch.dtype) -> dict:
-    from batude.bench.layers import profile_layers
+def _ceilings(args: argparse.Namespace, dtype: torch.dtype):
+    """The device's ceilings for rooflines: given, or measured where ``--roofline``/``--per-layer`` ask for them."""
     from batude.bench.roofline import measure_ceilings
+
+    if args.ceilings is not None or not (args.roofline or args.per_layer):
+        return args.ceilings
+    return measure_ceilings(resolve_device(args.device or "cpu"), dtype)
+
+
+def _model_rooflines(results: list[dict], models: dict, per_image: tuple[int, ...], ceilings) -> None:
+    """Each measured row's whole-model roofline: its layers in the forms it ran (on batude's kernels for the kernel
+    backends), everything else fused (:func:`batude.bench.roofline.model_work`)."""
+    from batude.bench.backends import KERNEL_BACKENDS
+    from batude.bench.roofline import model_work, roofline
+    from batude.nn import profile_model
+
+    profiles = {name: profile_model(model, (1, *per_image)) for name, model in models.items()}
+    for r in results:
+        if r.get("available"):
+            size = getattr(torch, r["dtype"]).itemsize
+            work = model_work(profiles[r["model"]], r["batch"], size, kernels=Backend(r["backend"]) in KERNEL_BACKENDS)
+            r["roofline"] = roofline(work, ceilings, r["median_ms"])
+
+
+def _per_layer(args: argparse.Namespace, models: dict, shape: tuple[int, ...], dtype: torch.dtype, ceilings) -> dict:
+    from batude.bench.layers import profile_layers
 
     model = models.get("compressed", models.get("model"))
     device = args.device or "cpu"
-    ceilings = args.ceilings or measure_ceilings(resolve_device(device), dtype)
     rows = profile_layers(model, shape, batch=args.batch[0], dtype=dtype, device=device,
                           iters=args.iters, warmup=args.warmup, ceilings=ceilings)
     print(f"\nper layer (eager, batch {args.batch[0]}): median ms (speedup vs the dense conv; share of the form's roofline "
@@ -159,8 +187,10 @@ def register(sub) -> None:
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda for the torch backends (default cpu)")
     p.add_argument("--per-layer", action="store_true", help="also time each Tucker layer: dense vs every exact chain variant, "
                    "each against its roofline floor")
+    p.add_argument("--roofline", action="store_true",
+                   help="also each row against its roofline floor (the time its FLOPs and least memory traffic take on this device)")
     p.add_argument("--ceilings", type=ceilings_arg, default=None, metavar="TFLOPS,GBPS",
-                   help="the device's matrix rate and memory bandwidth for --per-layer's rooflines (default: measured here)")
+                   help="the device's matrix rate and memory bandwidth for the rooflines (default: measured here)")
     p.add_argument("--profile", action="store_true",
                    help="after timing, profile each row: time per kernel category (GPU) or top-level operator (CPU), "
                         "the GPU's idle share, the top kernels (also in latency.json, and time_breakdown.png with --out)")

@@ -70,7 +70,27 @@ def test_bench_cli_writes_json_and_plot(compressed, tmp_path, capsys):
     compressed_rows = [r for r in report["results"] if r["model"] == "compressed"]
     assert all(2.52 <= r["flops_reduction"] <= 2.55 and r["speedup"] > 0 for r in compressed_rows)
     assert (out / "speedup_vs_flops.png").is_file()
-    assert "| compressed |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| compressed |" in printed and "floor ms" not in printed  # no rooflines unless asked for
+    assert report["ceilings"] is None and not any("roofline" in r for r in report["results"])
+
+
+def test_bench_cli_roofline_floors_each_model_as_it_ran(compressed, tmp_path, capsys):
+    """``--roofline --ceilings``: every row against its model's floor; the factorised model's floor is the lower one
+    (fewer FLOPs; at 1 TFLOP/s and 1000 GB/s ResNet-20 is compute-bound at batch 8)."""
+    model, plan = compressed
+    ckpt = tmp_path / "c.pt"
+    batude.save(ckpt, model, plan=plan, arch="batude:resnet20", arch_kwargs={"in_channels": 1}, metadata={"input_shape": [1, *SHAPE]})
+    assert main(["bench", str(ckpt), "--batch", "8", "--compare-dense", "--roofline", "--ceilings", "1,1000",
+                 "--iters", "2", "--warmup", "1", "--out", str(tmp_path / "b")]) == 0
+    printed = capsys.readouterr().out
+    assert "floor ms (share)" in printed and "at 1 TFLOP/s and 1000 GB/s (given)" in printed
+    report = json.loads((tmp_path / "b" / "latency.json").read_text())
+    assert report["ceilings"]["source"] == "given"
+    rows = {r["model"]: r["roofline"] for r in report["results"]}
+    assert rows["dense"]["bound"] == rows["compressed"]["bound"] == "compute"
+    assert rows["dense"]["floor_ms"] / rows["compressed"]["floor_ms"] == pytest.approx(
+        next(r["flops_reduction"] for r in report["results"] if r["model"] == "compressed"), rel=1e-6)
 
 
 def test_unknown_backend_is_a_usage_error(capsys):

@@ -20,17 +20,24 @@ def _geometry(stride: int) -> ConvGeometry:
     return ConvGeometry(S, C, (3, 3), HW * HW, out * out)
 
 
+def _read(conv: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Input elements a layer must read: all of them, or only the sampled pixels where a 1x1 conv is strided."""
+    if isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1):
+        return x.shape[0] * x.shape[1] * y.shape[2] * y.shape[3]
+    return x.numel()
+
+
 def _traffic(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """(weight elements, input + 2 x intermediates + output elements) of a real module's convs in one forward."""
-    outputs: list[int] = []
+    seen: list[tuple[int, int]] = []
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    handles = [m.register_forward_hook(lambda m, a, y: outputs.append(y.numel())) for m in convs]
+    handles = [m.register_forward_hook(lambda m, a, y: seen.append((_read(m, a[0], y), y.numel()))) for m in convs]
     with torch.no_grad():
         module(x)
     for h in handles:
         h.remove()
     weights = sum(m.weight.numel() for m in convs)
-    return weights, x.numel() + 2 * sum(outputs[:-1]) + outputs[-1]
+    return weights, seen[0][0] + 2 * sum(out for _, out in seen[:-1]) + seen[-1][1]
 
 
 @pytest.mark.parametrize("stride", [1, 2], ids=["s1", "s2"])
@@ -44,6 +51,47 @@ def test_work_counts_what_the_real_variant_module_reads_writes_and_computes(vari
     assert work.bytes == 4 * (weights + activations)
     macs = variant_macs(variant, S, C, 9, RANKS, g.in_positions, g.out_positions)
     assert work.flops == 2 * 3 * macs
+
+
+@pytest.mark.parametrize("stride", [1, 2], ids=["s1", "s2"])
+def test_a_low_rank_pair_as_two_layers_and_as_one_kernel(stride):
+    from batude.nn.lowrank import LowRankConv1x1
+
+    layer = LowRankConv1x1(C, S, 5, stride=stride, bias=False).eval()
+    x = torch.randn(2, C, HW, HW)
+    weights, activations = _traffic(layer, x)
+    out = (HW - 1) // stride + 1
+    g = ConvGeometry(S, C, (1, 1), HW * HW, out * out)
+    pair, kernel = layer_work("lowrank", g, (5,), 2, 4), layer_work("lowrank_kernel", g, (5,), 2, 4)
+    assert pair.bytes == 4 * (weights + activations)
+    assert pair.flops == kernel.flops == 2 * 2 * out * out * (C * 5 + 5 * S)
+    assert pair.bytes - kernel.bytes == 4 * 2 * 2 * out * out * 5  # the rank-5 intermediate, written and read back
+    with pytest.raises(BatudeError, match=r"rank \(R,\)"):
+        layer_work("lowrank", g, (5, 5), 2)
+
+
+def test_a_whole_model_is_the_sum_of_its_layers_with_everything_else_fused(compressed_resnet20):
+    """ResNet-20 at 2.52x: every conv and the Linear of the real model read their inputs and weights and write their
+    outputs once; that is ``model_work`` (BatchNorm, ReLU, adds and pooling move nothing more)."""
+    from batude.bench.roofline import model_work
+    from batude.nn import profile_model
+
+    model, _ = compressed_resnet20
+    x = torch.randn(3, 1, 28, 28)
+    seen: list[int] = []
+    leaves = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hook = lambda m, a, y: seen.append(_read(m, a[0], y) + m.weight.numel() + y.numel())  # noqa: E731
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    profile = profile_model(model, (1, 1, 28, 28))
+    work = model_work(profile, batch=3, element_size=2)
+    assert work.bytes == 2 * sum(seen)
+    assert work.flops == 2 * 3 * profile.macs
+    kernels = model_work(profile, batch=3, element_size=2, kernels=True)
+    assert kernels.flops == work.flops and kernels.bytes < work.bytes  # the same arithmetic, intermediates on chip
 
 
 def test_kernel_forms_keep_intermediates_on_chip_and_fused_recomputes_the_first_1x1():

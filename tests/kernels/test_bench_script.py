@@ -44,6 +44,9 @@ def test_smoke_run_writes_json_and_plot(tmp_path):
     assert report["ceilings"]["source"].startswith("measured on CPU")
     assert all(0 < r["roofline"]["floor_share"] and r["roofline"]["bound"] in ("compute", "memory") for r in layers)
     assert (tmp_path / "roofline.png").stat().st_size > 1000
+    rows = {(r["model"], r["batch"]): r["roofline"] for r in report["model"] if "median_ms" in r}
+    assert all(rows[("triton", b)]["flops"] == rows[("chain", b)]["flops"] < rows[("dense", b)]["flops"] for b in (1, 2))
+    assert all(rows[("triton", b)]["bytes"] < rows[("chain", b)]["bytes"] for b in (1, 2))  # intermediates on chip
 
 
 def test_rooflines_of_an_earlier_run_need_no_device(tmp_path, capsys):
@@ -52,6 +55,7 @@ def test_rooflines_of_an_earlier_run_need_no_device(tmp_path, capsys):
     assert _script().main(["--from-json", str(committed), "--ceilings", "788,4300", "--out", str(tmp_path / "given")]) == 0
     out = capsys.readouterr().out
     assert "| 64->64, 56², s1 | 64 | 44.6 / 18.8 (42%, compute) |" in out  # dense: 14.8 GFLOP at 788 TFLOP/s
+    assert "| dense | compile | 64 | 0.937 | 0.295 | 31% | compute |" in out  # ResNet-18: 2 x 64 x 1.82 GMACs
     report = json.loads((tmp_path / "given" / "kernels_vs_cudnn.json").read_text())
     assert report["ceilings"]["source"] == "given" and report["rooflines_from"] == str(committed)
     assert sum("roofline" in r for r in report["layers"]) == 70  # 7 shapes x 2 batches x 5 forms
