@@ -47,8 +47,7 @@ SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 10
 REGISTERS_PER_SM = 65536  # 64K 32-bit registers per SM (and per block) on every architecture above
 # Residency per SM (same guide and table): shared memory per SM (bytes), resident warps, resident blocks. Each block
 # also reserves 1 KB of shared memory for the system, and registers are allocated per warp in units of 256.
-SM_LIMITS = {80: (164 * 1024, 64, 32), 86: (100 * 1024, 48, 16), 89: (100 * 1024, 48, 24), 90: (228 * 1024, 64, 32),
-             100: (228 * 1024, 64, 32)}
+SM_LIMITS = {80: (164 * 1024, 64, 32), 86: (100 * 1024, 48, 16), 89: (100 * 1024, 48, 24), 90: (228 * 1024, 64, 32)}
 _RESERVED_SHARED, _REGISTER_UNIT = 1024, 256
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

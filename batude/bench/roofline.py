@@ -1,4 +1,4 @@
-"""How far a measured time is from what the hardware allows: the roofline floor of one layer's form.
+"""How far a measured time is from what the hardware allows: the roofline floor of a layer or a model.
 
 A form of a layer (the dense conv, the 3-conv Tucker chain, a merged variant, a fused kernel) is a
 sequence of stages; each reads its weights once and writes its output once, and every output but
@@ -8,15 +8,17 @@ ceilings (:class:`Ceilings`: a matrix rate in TFLOP/s and a memory bandwidth in 
 plus written) the larger of the two times is the form's **floor**: no implementation of that form
 runs faster. ``floor_share = floor / measured`` says how much of the hardware a measured time
 used (1.0: at the floor); the larger term says whether the form is bound by bytes or arithmetic.
+:func:`model_work` sums the layers of a whole model, every BatchNorm, activation, residual add and
+pooling assumed fused into them (as compiled models and batude's fused blocks do), so a model's
+floor is a lower bound for any implementation of it.
 
-:func:`model_work` sums the layers of a whole model (every BatchNorm, activation, residual add and
-pooling assumed fused into them, as compiled models and batude's fused blocks do), so a model's
-floor is a lower bound for any implementation of it. Counted FLOPs are those the form executes: the ``fused`` kernel recomputes the first 1x1 at every
+Counted FLOPs are those the form executes: the ``fused`` kernel recomputes the first 1x1 at every
 tap of the core (``kh*kw`` times per output pixel), so it executes more than the chain; the
 ``halo`` kernel recomputes only its tiles' borders, which depend on the tile (counted as the
 chain's: its floor is a lower bound). Ceilings are measured on the device (:func:`measure_ceilings`:
 a large copy and a large matrix product in the run's dtype) or given; datasheet rates
-(:data:`DATASHEET`) are upper leads that measured ceilings stay 10-20% under.
+(:data:`DATASHEET`) are upper leads: measured ones come out 10-20% lower on H100s and H200s
+(BENCHMARKS.md, "The kernels against their roofline floor").
 """
 
 from __future__ import annotations
