@@ -16,7 +16,9 @@ then four plans at >= ``--flops`` fewer FLOPs are made and measured in the same 
 Every model is lowered (variants, BatchNorm folded) before timing, dense too. Reports measured and
 predicted ms, the table's prediction error (on the rows timed as the table times: eager, or CUDA
 graphs), speed-up over dense in the same backend (the ``triton`` backend's dense is cuDNN in a CUDA
-graph, ``triton-compile``'s dense compiled and graphed), and each plan's measured speed-up as a share of the oracle's.
+graph, ``triton-compile``'s dense compiled and graphed), each plan's measured speed-up as a share of the oracle's,
+and each row's roofline floor (``batude.bench.roofline.model_work`` of the model as deployed, under the device's
+ceilings measured at the start or given by ``--ceilings``) with the share of it the row reached.
 Each table is saved to ``--out`` as ``lut_b<batch>.json`` as soon as it is measured, and the report
 after each batch; ``--lut-dir`` reuses saved tables (same GPU, software, dtype, backend and input),
 so an experiment can be split across device sessions.
@@ -52,9 +54,12 @@ import torch
 from batude.bench.backends import measure
 from batude.bench.env import environment
 from batude.bench.lut import LatencyTable, deployed_model
+from batude.bench.roofline import measure_ceilings, model_work, roofline
 from batude.checkpoint import reference_model
+from batude.cli._common import ceilings_arg
 from batude.errors import BatudeError
 from batude.export.lower import apply_variants
+from batude.nn import profile_model
 from batude.rank import apply_plan_, select_ranks
 from batude.rank.bcadl import BCADL, BCADLConfig
 from batude.rank.budget import Budget, Metric
@@ -85,6 +90,8 @@ def _args(argv=None):
     p.add_argument("--lut-autotune", action="store_true",
                    help="with --lut-backend triton: autotune the kernels for every table cell (slow: minutes per layer); "
                         "by default the table times the heuristic tile config and the final models are autotuned")
+    p.add_argument("--ceilings", type=ceilings_arg, default=None, metavar="TFLOPS,GBPS",
+                   help="matrix rate and memory bandwidth for each row's roofline floor (default: measured at the start)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", help="output folder (required unless --table-from)")
@@ -197,7 +204,7 @@ def _table(args, dense, shape, batch: int, dtype, lut_backend: str) -> tuple[Lat
     return lut, seconds
 
 
-def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
+def _measure_batch(args, dense, shape, batch: int, dtype, ceilings) -> dict:
     lut_backend = args.lut_backend or ("cuda-graph" if args.device == "cuda" else "eager")
     lut, lut_seconds = _table(args, dense, shape, batch, dtype, lut_backend)
     dense = dense.float().cpu()  # the table moved it; plans and lowering work on a CPU fp32 copy
@@ -216,6 +223,7 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
         models[name] = (deployed_model(dense, shape, plan, variants, plain=kernels), fused, plan)
     extra = args.dense_backends if args.dense_backends is not None else ("compile-graph" if args.device == "cuda" else "")
     for name, (model, fused, plan) in models.items():
+        profile = profile_model(model, shape)  # the layers as deployed: each row's floor (kernel backends: on chip)
         mine = dense_backends(backends, extra) if name == "dense" else backends
         runs = [(model, [b for b in mine if b not in KERNEL_DENSE or fused is None])]
         if fused is not None:  # "triton" always, "triton-compile" when asked for
@@ -226,6 +234,9 @@ def _measure_batch(args, dense, shape, batch: int, dtype) -> dict:
             r.update(plan=name, macs_reduction=plan.macs_reduction if plan else 1.0,
                      predicted_ms=record["predicted_ms"] if record else None,
                      predicted_speedup=record["speedup"] if record else None)
+            if r.get("available"):
+                work = model_work(profile, batch, dtype.itemsize, kernels=r["backend"] in KERNEL_DENSE)
+                r["roofline"] = roofline(work, ceilings, r["median_ms"])
             rows.append(r)
         print(f"b{batch} {name}: measured", flush=True)
     _speedups(rows)
@@ -275,6 +286,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _floor(rl: dict | None) -> str:
+    """``floor ms (share of it reached)`` of a row's roofline."""
+    return "-" if not rl else f"{rl['floor_ms']:.3f} ({rl['floor_share']:.0%})"
+
+
 def _dense_layers(batch: dict, plan: str) -> str:
     """``held of eligible``: the plan's layers left dense (ranks None), from the saved plan."""
     layers = (batch.get("plans", {}).get(plan) or {}).get("layers")
@@ -283,12 +299,12 @@ def _dense_layers(batch: dict, plan: str) -> str:
 
 def table(batches: list[dict]) -> str:
     lines = ["| batch | backend | plan | FLOPs cut | layers dense | predicted speed-up | predicted ms | measured ms "
-             "| table error | measured speed-up | share of oracle | share of oracle's gain | vs best dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| table error | measured speed-up | share of oracle | share of oracle's gain | vs best dense | floor ms (share) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in batches:
         for r in b["rows"]:
             if not r.get("available"):
-                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | | | unavailable: {r['reason']} | | | | | |")
+                lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | | | | | unavailable: {r['reason']} | | | | | | |")
                 continue
             error = r.get("prediction_error")
             lines.append(f"| {b['batch']} | {r['backend']} | {r['plan']} | {r['macs_reduction']:.2f}x | "
@@ -296,7 +312,7 @@ def table(batches: list[dict]) -> str:
                          f"{_x(r['predicted_speedup'])} | {_ms(r['predicted_ms'])} | {r['median_ms']:.3f} | "
                          f"{'-' if error is None else f'{error:+.1%}'} | {_x(r.get('speedup'))} | "
                          f"{_pct(r.get('share_of_oracle'))} | {_pct(r.get('share_of_oracle_gain'))} | "
-                         f"{_x(r.get('speedup_vs_best_dense'))} |")
+                         f"{_x(r.get('speedup_vs_best_dense'))} | {_floor(r.get('roofline'))} |")
     return "\n".join(lines)
 
 
@@ -360,10 +376,13 @@ def main(argv=None) -> int:
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     shape = (1, *(int(x) for x in args.input.split(",")))
     dense = reference_model(args.model)
+    ceilings = args.ceilings or measure_ceilings(args.device, dtype)
+    print(f"ceilings: {ceilings.tflops:.4g} TFLOP/s, {ceilings.gbps:.4g} GB/s ({ceilings.source})", flush=True)
     batches = []
     for b in args.batches.split(","):  # the report is rewritten after each batch: a run cut short keeps what it measured
-        batches.append(_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype))
-        report = {"env": environment(), "args": vars(args), "batches": batches}
+        batches.append(_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype, ceilings))
+        report = {"env": environment(), "args": {**vars(args), "ceilings": args.ceilings and args.ceilings.to_dict()},
+                  "ceilings": ceilings.to_dict(), "batches": batches}
         (out / "latency_aware.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table(batches))
     return 0

@@ -106,6 +106,12 @@ def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
         r = rows[name]
         assert r["prediction_error"] == pytest.approx((r["predicted_ms"] - r["median_ms"]) / r["median_ms"])
     assert "| 2 | eager | batude-latency |" in bench.table(report["batches"])
+    # each row against its floor under ceilings measured at the start, counting the FLOPs each model executes as
+    # deployed: the uniform plan's chains exactly its cut, the table's plans more where they run merged variants
+    assert report["ceilings"]["source"].startswith("measured on CPU")
+    floors = {n: r["roofline"] for n, r in rows.items()}
+    assert floors["dense"]["flops"] / floors["uniform"]["flops"] == pytest.approx(rows["uniform"]["macs_reduction"])
+    assert all(floors[n]["flops"] < floors["dense"]["flops"] and 0 < floors[n]["floor_share"] for n in rows if n != "dense")
 
     # the saved table is reused by a later run (an experiment split across device sessions), and refused elsewhere
     assert (tmp_path / "lut_b2.json").is_file() and batch["lut_seconds"] > 0
