@@ -96,10 +96,12 @@ def measure_ceilings(device: torch.device | str, dtype: torch.dtype = torch.floa
                      matmul: int | None = None, iters: int = 10) -> Ceilings:
     """The device's two ceilings, measured: a ``copy_mib`` MiB device-to-device copy (bytes read plus written over
     its median time) and an ``matmul``-cubed matrix product in ``dtype`` (``2 n^3`` FLOPs over its median time).
-    Defaults: 1024 MiB and 8192 on CUDA, 128 MiB and 1024 on the CPU (seconds either way)."""
+    Defaults: 1024 MiB (at most an eighth of the free GPU memory) and 8192 on CUDA, 128 MiB and 1024 on the CPU
+    (seconds either way)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
-    copy_mib = copy_mib or (1024 if cuda else 128)
+    if copy_mib is None:  # two buffers of it: at most a quarter of what the GPU has free
+        copy_mib = min(1024, torch.cuda.mem_get_info(device)[0] // 2 ** 22) if cuda else 128
     n = matmul or (8192 if cuda else 1024)
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     return Ceilings(_matmul_tflops(device, dtype, n, iters), _copy_gbps(device, copy_mib, iters),
