@@ -84,8 +84,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             plot_speedup(results, out / "speedup_vs_flops.png")
         if profile_calls and plot_profiles(results, out / "time_breakdown.png"):
             print(f"wrote {out / 'time_breakdown.png'}")
-        if layers and plot_roofline(layers["rows"], layers["ceilings"], out / "roofline.png",
-                                    f"Tucker layers, eager, batch {args.batch[0]}, {dtype}".replace("torch.", "")):
+        if ceilings is not None and _plot_rooflines(results, layers, ceilings.to_dict(), out, args.batch[0], dtype):
             print(f"wrote {out / 'roofline.png'}")
         print(f"wrote {out / 'latency.json'}")
     return 0
@@ -117,6 +116,15 @@ def _ceilings(args: argparse.Namespace, dtype: torch.dtype):
     if args.ceilings is not None or not (args.roofline or args.per_layer):
         return args.ceilings
     return measure_ceilings(resolve_device(args.device or "cpu"), dtype)
+
+
+def _plot_rooflines(results: list[dict], layers: dict | None, ceilings: dict, out: Path, batch: int, dtype: torch.dtype) -> bool:
+    """``roofline.png``: the per-layer rows where there are some, else each model and backend as measured."""
+    if layers:
+        return plot_roofline(layers["rows"], ceilings, out / "roofline.png",
+                             f"Tucker layers, eager, batch {batch}, {dtype}".replace("torch.", ""))
+    rows = [{**r, "variant": f"{r['model']} {r['backend']}"} for r in results if r.get("roofline")]
+    return plot_roofline(rows, ceilings, out / "roofline.png", "Whole models")
 
 
 def _model_rooflines(results: list[dict], models: dict, per_image: tuple[int, ...], ceilings) -> None:

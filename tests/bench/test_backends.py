@@ -86,7 +86,7 @@ def test_bench_cli_roofline_floors_each_model_as_it_ran(compressed, tmp_path, ca
     printed = capsys.readouterr().out
     assert "floor ms (share)" in printed and "at 1 TFLOP/s and 1000 GB/s (given)" in printed
     report = json.loads((tmp_path / "b" / "latency.json").read_text())
-    assert report["ceilings"]["source"] == "given"
+    assert report["ceilings"]["source"] == "given" and (tmp_path / "b" / "roofline.png").stat().st_size > 0
     rows = {r["model"]: r["roofline"] for r in report["results"]}
     assert rows["dense"]["bound"] == rows["compressed"]["bound"] == "compute"
     assert rows["dense"]["floor_ms"] / rows["compressed"]["floor_ms"] == pytest.approx(
