@@ -89,9 +89,13 @@ def _from_json(a) -> int:
     except (OSError, ValueError, KeyError) as err:
         print(f"error: cannot read a kernels_aot sweep from {a.from_json}: {err}", file=sys.stderr)
         return 2
-    for r in records:
-        r["occupancy"] = occupancy(r.get("registers"), r.get("shared_bytes"), r["num_warps"], arch)
-    report.update(summary=_summary(records, arch), occupancy_from=a.from_json)
+    try:
+        for r in records:
+            r["occupancy"] = occupancy(r.get("registers"), r.get("shared_bytes"), r["num_warps"], arch)
+        report.update(summary=_summary(records, arch), occupancy_from=a.from_json)
+    except (KeyError, TypeError, ValueError) as err:
+        print(f"error: {a.from_json} is not a kernels_aot sweep this script can read ({type(err).__name__}: {err})", file=sys.stderr)
+        return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernels_aot.json").write_text(json.dumps(report, separators=(",", ":")))

@@ -47,6 +47,7 @@ from batude.bench.report import plot_roofline, profile_tables
 from batude.bench.roofline import Ceilings, datasheet_ceilings, layer_work, measure_ceilings, roofline
 from batude.cli._common import ceilings_arg
 from batude.bench.timing import time_callable
+from batude.errors import BatudeError
 from batude.functional.cost import ConvGeometry
 from batude.nn import TuckerConv2d
 from batude.nn.tucker_conv import ensure_kernels_importable
@@ -328,12 +329,18 @@ def _rooflines_from_json(args) -> int:
         print(f"cannot read a kernels_vs_cudnn report from {args.from_json}: {err}", file=sys.stderr)
         return 2
     gpu = report.get("env", {}).get("gpu")
-    ceilings = args.ceilings or (Ceilings.from_dict(report["ceilings"]) if report.get("ceilings") else datasheet_ceilings(gpu))
-    if ceilings is None:
-        print(f"no ceilings for {gpu!r}: give --ceilings TFLOPS,GBPS", file=sys.stderr)
+    try:
+        ceilings = args.ceilings or (Ceilings.from_dict(report["ceilings"]) if report.get("ceilings") else datasheet_ceilings(gpu))
+        if ceilings is None:
+            print(f"no ceilings for {gpu!r}: give --ceilings TFLOPS,GBPS", file=sys.stderr)
+            return 2
+        add_rooflines(layers, ceilings, report.get("dtype", "float16"))
+        add_model_rooflines(report.get("model", []), ceilings, report.get("dtype", "float16"),
+                            bool(report.get("args", {}).get("smoke")))
+    except (KeyError, TypeError, ValueError, AttributeError, BatudeError) as err:
+        print(f"{args.from_json} is not a kernels_vs_cudnn report this script can read ({type(err).__name__}: {err})",
+              file=sys.stderr)
         return 2
-    add_rooflines(layers, ceilings, report.get("dtype", "float16"))
-    add_model_rooflines(report.get("model", []), ceilings, report.get("dtype", "float16"), bool(report.get("args", {}).get("smoke")))
     report.update(ceilings=ceilings.to_dict(), rooflines_from=args.from_json)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -410,7 +417,8 @@ def main(argv=None) -> int:
         """The report so far, written at once: a run killed in the model part keeps its layer table."""
         add_rooflines(layers, ceilings, str(dtype).replace("torch.", ""))
         add_model_rooflines(models, ceilings, str(dtype).replace("torch.", ""), args.smoke)
-        r = {"env": environment(), "args": vars(args), "dtype": str(dtype).replace("torch.", ""), "complete": done,
+        r = {"env": environment(), "args": {**vars(args), "ceilings": args.ceilings and args.ceilings.to_dict()},
+             "dtype": str(dtype).replace("torch.", ""), "complete": done,
              "ceilings": ceilings.to_dict(), "layers": layers, "model": models, "goals": goals(layers, models),
              "elapsed_s": time.perf_counter() - clock.start}
         write_text_atomic(out / "kernels_vs_cudnn.json", json.dumps(r, indent=2) + "\n")

@@ -48,7 +48,7 @@ REGISTERS_PER_SM = 65536  # 64K 32-bit registers per SM (and per block) on every
 # Residency per SM (same guide and table): shared memory per SM (bytes), resident warps, resident blocks. Each block
 # also reserves 1 KB of shared memory for the system, and registers are allocated per warp in units of 256.
 SM_LIMITS = {80: (164 * 1024, 64, 32), 86: (100 * 1024, 48, 16), 89: (100 * 1024, 48, 24), 90: (228 * 1024, 64, 32)}
-_RESERVED_SHARED, _REGISTER_UNIT = 1024, 256
+_RESERVED_SHARED, _REGISTER_UNIT, _PARTITIONS = 1024, 256, 4  # the register file is split over 4 SM partitions
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -237,8 +237,8 @@ def _ptxas_report(ptx: str, arch: int) -> dict:
 def occupancy(registers: int | None, shared_bytes: int | None, num_warps: int, arch: int = 90) -> dict | None:
     """How many blocks of a compiled kernel can be resident on one SM at once, and what limits them.
 
-    ``{"blocks_per_sm", "warps_per_sm", "limiter"}``, the limiter one of ``registers``, ``shared memory``,
-    ``warps`` or ``blocks``; None where the architecture or the register count is unknown. Few resident
+    ``{"blocks_per_sm", "warps_per_sm", "limiter"}``, the limiter ``registers``, ``shared memory``, ``warps`` or
+    ``blocks`` (joined with ``+`` where several bind at once); None where the architecture or the register count is unknown. Few resident
     warps leave little to switch to while a load is in flight: a kernel that cannot hide memory latency
     this way must do it with its software pipeline (``num_stages``) alone.
     """
@@ -246,10 +246,12 @@ def occupancy(registers: int | None, shared_bytes: int | None, num_warps: int, a
         return None
     shared_per_sm, max_warps, max_blocks = SM_LIMITS[arch]
     per_warp = -(-registers * 32 // _REGISTER_UNIT) * _REGISTER_UNIT
-    by = {"registers": REGISTERS_PER_SM // (per_warp * num_warps), "shared memory": shared_per_sm // (shared_bytes + _RESERVED_SHARED),
+    warps_by_registers = (REGISTERS_PER_SM // _PARTITIONS // per_warp) * _PARTITIONS  # each quarter of the SM its own file
+    by = {"registers": warps_by_registers // num_warps, "shared memory": shared_per_sm // (shared_bytes + _RESERVED_SHARED),
           "warps": max_warps // num_warps, "blocks": max_blocks}
-    limiter = min(by, key=by.get)
-    return {"blocks_per_sm": by[limiter], "warps_per_sm": by[limiter] * num_warps, "limiter": limiter}
+    blocks = min(by.values())
+    limiter = "+".join(k for k, v in by.items() if v == blocks)  # ties name every limit that binds
+    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * num_warps, "limiter": limiter}
 
 
 def compile_spec(spec: Spec, arch: int = 90) -> dict:

@@ -178,8 +178,9 @@ def plot_roofline(rows: Sequence[dict], ceilings: dict, path: str | Path, title:
     ax.plot(grid, [min(ceilings["tflops"], ceilings["gbps"] * x / 1e3) for x in grid], color="black", linewidth=1,
             label=f"roof: {ceilings['tflops']:.4g} TFLOP/s, {ceilings['gbps']:.4g} GB/s")
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    markers = dict(zip(sorted({r["batch"] for r in rows}), "os^vDP"))
-    colors = dict(zip(variants, plt.get_cmap("tab10").colors))
+    palette, shapes = plt.get_cmap("tab20").colors, "os^vDP<>*X"
+    markers = {b: shapes[i % len(shapes)] for i, b in enumerate(sorted({r["batch"] for r in rows}))}
+    colors = {v: palette[i % len(palette)] for i, v in enumerate(variants)}
     for r in rows:
         ax.scatter(r["roofline"]["intensity"], r["roofline"]["achieved_tflops"], color=colors[r["variant"]],
                    marker=markers[r["batch"]], s=28)

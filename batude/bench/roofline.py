@@ -9,13 +9,16 @@ plus written) the larger of the two times is the form's **floor**: no implementa
 runs faster. ``floor_share = floor / measured`` says how much of the hardware a measured time
 used (1.0: at the floor); the larger term says whether the form is bound by bytes or arithmetic.
 :func:`model_work` sums the layers of a whole model, every BatchNorm, activation, residual add and
-pooling assumed fused into them (as compiled models and batude's fused blocks do), so a model's
-floor is a lower bound for any implementation of it.
+pooling assumed fused into them (as compiled models and batude's fused blocks do; the residual's
+read is not counted either), so a model's floor is a lower bound for any implementation that runs
+each conv or factorised layer as its own unit. Fusing whole blocks, keeping a block's inner
+activation on chip, could go below it.
 
-Counted FLOPs are those the form executes: the ``fused`` kernel recomputes the first 1x1 at every
-tap of the core (``kh*kw`` times per output pixel), so it executes more than the chain; the
-``halo`` kernel recomputes only its tiles' borders, which depend on the tile (counted as the
-chain's: its floor is a lower bound). Ceilings are measured on the device (:func:`measure_ceilings`:
+Counted FLOPs are those the form's structure requires: the ``fused`` kernel evaluates the first 1x1
+at every tap of the core (``kh*kw`` times per output pixel), so it executes more than the chain;
+the ``halo`` kernel recomputes only its tiles' borders, which depend on the tile (counted as the
+chain's). Kernels that split a layer over programs (``SPLIT_N``, ``SPLIT_S``) redo some more. So
+every floor is a lower bound. Ceilings are measured on the device (:func:`measure_ceilings`:
 a large copy and a large matrix product in the run's dtype) or given; datasheet rates
 (:data:`DATASHEET`) are upper leads: measured ones come out 10-20% lower on H100s and H200s
 (BENCHMARKS.md, "The kernels against their roofline floor").
@@ -97,11 +100,12 @@ def measure_ceilings(device: torch.device | str, dtype: torch.dtype = torch.floa
     """The device's two ceilings, measured: a ``copy_mib`` MiB device-to-device copy (bytes read plus written over
     its median time) and an ``matmul``-cubed matrix product in ``dtype`` (``2 n^3`` FLOPs over its median time).
     Defaults: 1024 MiB (at most an eighth of the free GPU memory) and 8192 on CUDA, 128 MiB and 1024 on the CPU
-    (seconds either way)."""
+    (seconds either way). An fp32 matmul on CUDA uses TF32 where cuDNN's convs do (``torch.backends.cudnn.allow_tf32``),
+    so the rate is the one the convs it bounds can reach."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if copy_mib is None:  # two buffers of it: at most a quarter of what the GPU has free
-        copy_mib = min(1024, torch.cuda.mem_get_info(device)[0] // 2 ** 22) if cuda else 128
+        copy_mib = min(1024, torch.cuda.mem_get_info(device)[0] // 2 ** 23) if cuda else 128
     n = matmul or (8192 if cuda else 1024)
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     return Ceilings(_matmul_tflops(device, dtype, n, iters), _copy_gbps(device, copy_mib, iters),
@@ -117,7 +121,13 @@ def _copy_gbps(device: torch.device, mib: int, iters: int) -> float:
 
 def _matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, iters: int) -> float:
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    stats = time_callable(lambda: a @ b, iters=iters, warmup=3, device=device, label="matmul ceiling")
+    matmul = torch.backends.cuda.matmul
+    old = matmul.allow_tf32
+    matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 if device.type == "cuda" else old
+    try:
+        stats = time_callable(lambda: a @ b, iters=iters, warmup=3, device=device, label="matmul ceiling")
+    finally:
+        matmul.allow_tf32 = old
     return 2 * n ** 3 / (stats.median_ms * 1e9)
 
 
@@ -196,7 +206,7 @@ def model_work(profile: ModelProfile, batch: int, element_size: int = 2, kernels
     layer in its form (``dense``; a Tucker layer as its 3-conv ``chain``, a low-rank pair as two layers; with
     ``kernels``, every factorised conv on a kernel that keeps its intermediates on chip: ``halo``,
     ``lowrank_kernel``), as if every BatchNorm, activation, residual add and pooling were fused into them (they
-    add no bytes). So its floor bounds any implementation of the model from below."""
+    add no bytes). So its floor bounds from below any implementation that runs each layer as its own unit."""
     flops = nbytes = 0.0
     for layer in profile.layers:
         work = layer_work(_model_form(layer, kernels), layer.geometry, layer.ranks, batch, element_size)

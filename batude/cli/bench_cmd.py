@@ -62,12 +62,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         reasons = "; ".join(dict.fromkeys(f"{r['backend']}: {r['reason']}" for r in results))
         raise BatudeError(f"nothing could be measured here ({reasons})")
     add_speedups(results)
-    ceilings = _ceilings(args, dtype)
+    ceilings = _Ceilings(args, dtype) if args.ceilings is not None or args.roofline or args.per_layer else None
     if ceilings is not None:
         _model_rooflines(results, models, per_image, ceilings)
     print(latency_table(results))
-    if ceilings is not None:
-        print(f"floor: the model's roofline floor at {ceilings.tflops:.4g} TFLOP/s and {ceilings.gbps:.4g} GB/s ({ceilings.source}), "
+    for device, c in (ceilings.used if ceilings is not None else {}).items():
+        print(f"floor ({device}): the model's roofline floor at {c.tflops:.4g} TFLOP/s and {c.gbps:.4g} GB/s ({c.source}), "
               "every BatchNorm, activation, add and pooling fused into its convs")
     if profile_calls:
         print(profile_tables(results))
@@ -78,13 +78,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         report = {"env": environment(), "input_shape": list(per_image), "plan": None if plan is None else plan.method,
-                  "ceilings": None if ceilings is None else ceilings.to_dict(), "results": results, "layers": layers}
+                  "ceilings": None if ceilings is None else {d: c.to_dict() for d, c in ceilings.used.items()},
+                  "results": results, "layers": layers}
         write_text_atomic(out / "latency.json", json.dumps(report, indent=2) + "\n")
         if any("speedup" in r for r in results):
             plot_speedup(results, out / "speedup_vs_flops.png")
         if profile_calls and plot_profiles(results, out / "time_breakdown.png"):
             print(f"wrote {out / 'time_breakdown.png'}")
-        if ceilings is not None and _plot_rooflines(results, layers, ceilings.to_dict(), out, args.batch[0], dtype):
+        if ceilings is not None and _plot_rooflines(results, layers, ceilings, out, args.batch[0], dtype):
             print(f"wrote {out / 'roofline.png'}")
         print(f"wrote {out / 'latency.json'}")
     return 0
@@ -109,27 +110,35 @@ def _predicted_vs_measured(plan, results: list[dict]) -> None:
               f"batch {table.get('batch')}, {table.get('backend')}); no row here matches it, so no prediction is compared")
 
 
-def _ceilings(args: argparse.Namespace, dtype: torch.dtype):
-    """The device's ceilings for rooflines: given, or measured where ``--roofline``/``--per-layer`` ask for them."""
-    from batude.bench.roofline import measure_ceilings
-
-    if args.ceilings is not None or not (args.roofline or args.per_layer):
-        return args.ceilings
-    return measure_ceilings(resolve_device(args.device or "cpu"), dtype)
-
-
-def _plot_rooflines(results: list[dict], layers: dict | None, ceilings: dict, out: Path, batch: int, dtype: torch.dtype) -> bool:
-    """``roofline.png``: the per-layer rows where there are some, else each model and backend as measured."""
-    if layers:
-        return plot_roofline(layers["rows"], ceilings, out / "roofline.png",
+def _plot_rooflines(results: list[dict], layers: dict | None, ceilings: "_Ceilings", out: Path, batch: int,
+                    dtype: torch.dtype) -> bool:
+    """``roofline.png``: the per-layer rows where there are some, else each model and backend as measured (under the
+    roofs of the first device measured)."""
+    if layers and layers["rows"]:
+        return plot_roofline(layers["rows"], layers["ceilings"], out / "roofline.png",
                              f"Tucker layers, eager, batch {batch}, {dtype}".replace("torch.", ""))
-    rows = [{**r, "variant": f"{r['model']} {r['backend']}"} for r in results if r.get("roofline")]
-    return plot_roofline(rows, ceilings, out / "roofline.png", "Whole models")
+    device = next(iter(ceilings.used), None)
+    rows = [{**r, "variant": f"{r['model']} {r['backend']}"} for r in results if r.get("roofline") and r["device"] == device]
+    return bool(rows) and plot_roofline(rows, ceilings.used[device].to_dict(), out / "roofline.png", f"Whole models ({device})")
 
 
-def _model_rooflines(results: list[dict], models: dict, per_image: tuple[int, ...], ceilings) -> None:
-    """Each measured row's whole-model roofline: its layers in the forms it ran (on batude's kernels for the kernel
-    backends), everything else fused (:func:`batude.bench.roofline.model_work`)."""
+class _Ceilings:
+    """The ceilings of each device a row ran on: ``--ceilings`` for all, else measured once per device."""
+
+    def __init__(self, args: argparse.Namespace, dtype: torch.dtype) -> None:
+        self.given, self.dtype, self.used = args.ceilings, dtype, {}
+
+    def __call__(self, device: str):
+        from batude.bench.roofline import measure_ceilings
+
+        if device not in self.used:
+            self.used[device] = self.given or measure_ceilings(resolve_device(device), self.dtype)
+        return self.used[device]
+
+
+def _model_rooflines(results: list[dict], models: dict, per_image: tuple[int, ...], ceilings: _Ceilings) -> None:
+    """Each measured row's whole-model roofline under its device's ceilings: its layers in the forms it ran (on
+    batude's kernels for the kernel backends), everything else fused (:func:`batude.bench.roofline.model_work`)."""
     from batude.bench.backends import KERNEL_BACKENDS
     from batude.bench.roofline import model_work, roofline
     from batude.nn import profile_model
@@ -139,14 +148,15 @@ def _model_rooflines(results: list[dict], models: dict, per_image: tuple[int, ..
         if r.get("available"):
             size = getattr(torch, r["dtype"]).itemsize
             work = model_work(profiles[r["model"]], r["batch"], size, kernels=Backend(r["backend"]) in KERNEL_BACKENDS)
-            r["roofline"] = roofline(work, ceilings, r["median_ms"])
+            r["roofline"] = roofline(work, ceilings(r["device"]), r["median_ms"])
 
 
-def _per_layer(args: argparse.Namespace, models: dict, shape: tuple[int, ...], dtype: torch.dtype, ceilings) -> dict:
+def _per_layer(args: argparse.Namespace, models: dict, shape: tuple[int, ...], dtype: torch.dtype, ceilings: _Ceilings) -> dict:
     from batude.bench.layers import profile_layers
 
     model = models.get("compressed", models.get("model"))
-    device = args.device or "cpu"
+    device = str(resolve_device(args.device or "cpu"))
+    ceilings = ceilings(device)
     rows = profile_layers(model, shape, batch=args.batch[0], dtype=dtype, device=device,
                           iters=args.iters, warmup=args.warmup, ceilings=ceilings)
     print(f"\nper layer (eager, batch {args.batch[0]}): median ms (speedup vs the dense conv; share of the form's roofline "

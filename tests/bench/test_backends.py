@@ -84,13 +84,30 @@ def test_bench_cli_roofline_floors_each_model_as_it_ran(compressed, tmp_path, ca
     assert main(["bench", str(ckpt), "--batch", "8", "--compare-dense", "--roofline", "--ceilings", "1,1000",
                  "--iters", "2", "--warmup", "1", "--out", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
-    assert "floor ms (share)" in printed and "at 1 TFLOP/s and 1000 GB/s (given)" in printed
+    assert "floor ms (share)" in printed and "floor (cpu): the model's roofline floor at 1 TFLOP/s and 1000 GB/s (given)" in printed
     report = json.loads((tmp_path / "b" / "latency.json").read_text())
-    assert report["ceilings"]["source"] == "given" and (tmp_path / "b" / "roofline.png").stat().st_size > 0
+    assert report["ceilings"]["cpu"]["source"] == "given" and (tmp_path / "b" / "roofline.png").stat().st_size > 0
     rows = {r["model"]: r["roofline"] for r in report["results"]}
     assert rows["dense"]["bound"] == rows["compressed"]["bound"] == "compute"
     assert rows["dense"]["floor_ms"] / rows["compressed"]["floor_ms"] == pytest.approx(
         next(r["flops_reduction"] for r in report["results"] if r["model"] == "compressed"), rel=1e-6)
+
+
+def test_bench_cli_roofline_plot_falls_back_to_the_models_without_tucker_layers(tmp_path):
+    """``--per-layer`` on a dense model times no layer: roofline.png then shows the whole-model rows."""
+    assert main(["bench", "batude:resnet20", "--input", "1,3,32,32", "--per-layer", "--ceilings", "1,100", "--iters", "1",
+                 "--warmup", "0", "--out", str(tmp_path / "d")]) == 0
+    assert json.loads((tmp_path / "d" / "latency.json").read_text())["layers"]["rows"] == []
+    assert (tmp_path / "d" / "roofline.png").stat().st_size > 0
+
+
+def test_roofline_plot_takes_any_number_of_batches_and_variants(tmp_path):
+    from batude.bench.report import plot_roofline
+
+    rows = [{"variant": f"v{i % 13}", "batch": 1 + i % 9, "roofline": {"intensity": 1.0 + i, "achieved_tflops": 0.1 + i}}
+            for i in range(40)]
+    assert plot_roofline(rows, Ceilings(100.0, 1000.0).to_dict(), tmp_path / "r.png") and (tmp_path / "r.png").stat().st_size
+    assert not plot_roofline([{"variant": "x", "batch": 1}], Ceilings(1.0, 1.0).to_dict(), tmp_path / "none.png")
 
 
 def test_unknown_backend_is_a_usage_error(capsys):

@@ -18,7 +18,7 @@ def _script():
 
 @interp
 def test_smoke_run_writes_json_and_plot(tmp_path):
-    assert _script().main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert _script().main(["--smoke", "--ceilings", "0.2,20", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "kernels_vs_cudnn.json").read_text())
     assert {"env", "args", "dtype", "layers", "model", "goals", "elapsed_s"} <= set(report)
     assert report["env"]["torch"]
@@ -40,8 +40,8 @@ def test_smoke_run_writes_json_and_plot(tmp_path):
     assert all(r["profile"]["categories"][0]["category"] == "convolution" for r in chain)
     assert report["goals"] and all(set(g) == {"goal", "target", "measured", "met"} for g in report["goals"])
     assert (tmp_path / "kernels_vs_cudnn.png").stat().st_size > 1000
-    # every timed layer against its form's floor, under ceilings measured at the start of the run
-    assert report["ceilings"]["source"].startswith("measured on CPU")
+    # every timed layer against its form's floor, under the given ceilings (measured at the start of the run without them)
+    assert report["ceilings"]["source"] == "given" and report["args"]["ceilings"]["tflops"] == 0.2
     assert all(0 < r["roofline"]["floor_share"] and r["roofline"]["bound"] in ("compute", "memory") for r in layers)
     assert (tmp_path / "roofline.png").stat().st_size > 1000
     rows = {(r["model"], r["batch"]): r["roofline"] for r in report["model"] if "median_ms" in r}
@@ -63,6 +63,10 @@ def test_rooflines_of_an_earlier_run_need_no_device(tmp_path, capsys):
     assert "H200 SXM datasheet" in capsys.readouterr().out
     assert _script().main(["--from-json", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
     assert "cannot read a kernels_vs_cudnn report" in capsys.readouterr().err
+    (tmp_path / "odd.json").write_text(json.dumps({"layers": [{"variant": "dense", "median_ms": 1.0}]}))
+    assert _script().main(["--from-json", str(tmp_path / "odd.json"), "--ceilings", "1,1", "--out", str(tmp_path / "y")]) == 2
+    assert "not a kernels_vs_cudnn report this script can read (KeyError" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()  # no partial output
 
 
 def _compressed_resnet20():

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
     (32, 100 * 1024, 4, 2, "shared memory"),   # (100 KB + 1 KB reserved) x 2 fit 228 KB
     (16, 0, 16, 4, "warps"),                   # 64 warps an SM
     (16, 0, 1, 32, "blocks"),                  # 32 blocks an SM
-], ids=["registers", "register-rounding", "shared", "warps", "blocks"])
+    (200, 0, 2, 4, "registers"),               # 6400 a warp: 2 warps in each quarter's 16K registers, 8 an SM
+    (128, 50 * 1024, 4, 4, "registers+shared memory"),  # both bind at 4 blocks: a tie names both
+], ids=["registers", "register-rounding", "shared", "warps", "blocks", "register-partitions", "tie"])
 def test_resident_blocks_on_an_h100_and_what_limits_them(registers, shared, warps, blocks, limiter):
     occ = occupancy(registers, shared, warps, arch=90)
     assert occ == {"blocks_per_sm": blocks, "warps_per_sm": blocks * warps, "limiter": limiter}
