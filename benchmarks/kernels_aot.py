@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -165,11 +165,8 @@ def _summary(records: list[dict], arch: int) -> list[dict]:
 def _occupancy_summary(occ: list[dict]) -> dict:
     """Resident warps per SM over a group's kernels: least, median, how many have at most 8, the usual limiter."""
     warps = sorted(o["warps_per_sm"] for o in occ)
-    limiters = defaultdict(int)
-    for o in occ:
-        limiters[o["limiter"]] += 1
     return {"min_warps_per_sm": warps[0] if warps else None, "median_warps_per_sm": warps[len(warps) // 2] if warps else None,
-            "at_most_8_warps": sum(w <= 8 for w in warps), "limiters": dict(limiters)}
+            "at_most_8_warps": sum(w <= 8 for w in warps), "limiters": dict(Counter(o["limiter"] for o in occ))}
 
 
 def _print_summary(rows: list[dict], arch: int) -> None:

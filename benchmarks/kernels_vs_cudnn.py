@@ -48,7 +48,7 @@ from batude.bench.roofline import Ceilings, datasheet_ceilings, layer_work, meas
 from batude.cli._common import ceilings_arg
 from batude.bench.timing import time_callable
 from batude.errors import BatudeError
-from batude.functional.cost import ConvGeometry
+from batude.functional.cost import ConvGeometry, conv_output_size
 from batude.nn import TuckerConv2d
 from batude.nn.tucker_conv import ensure_kernels_importable
 
@@ -199,15 +199,15 @@ def _model_pair(smoke: bool):
 
 
 @torch.inference_mode()
-def model_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
+def model_rows(args, device, dtype, batches, clock: Clock, ceilings: Ceilings) -> list[dict]:
     from torch import fx
 
     from batude.export.lower import fold_batchnorm
     from batude.kernels import fuse_resnet_
-    from batude.nn import flop_counter_macs
 
     dense, tucker, shape, network = _model_pair(args.smoke)
-    reduction = flop_counter_macs(dense, (1, *shape)) / flop_counter_macs(tucker, (1, *shape))
+    profiles = _model_profiles(dense, tucker, shape)
+    reduction = profiles["dense"].macs / profiles["tucker"].macs  # the analytic MACs, equal to FlopCounterMode's
     folded = fx.symbolic_trace(copy.deepcopy(dense))
     fold_batchnorm(folded)
     prep = lambda m: m.to(device, dtype).to(memory_format=CL).eval()  # noqa: E731
@@ -239,6 +239,7 @@ def model_rows(args, device, dtype, batches, clock: Clock) -> list[dict]:
         best_dense = min((r["median_ms"] for r in done if r["model"] == "dense"), default=None)
         for r in done:
             r["speedup_vs_best_dense"] = best_dense / r["median_ms"] if best_dense else None
+    add_model_rooflines(rows, ceilings, str(dtype).replace("torch.", ""), profiles)
     # every variant of a batch side by side (profile_tables groups by backend, batch and dtype)
     print(profile_tables([{**r, "model": f"{r['model']} {r['backend']}", "backend": "whole model",
                            "dtype": str(dtype).replace("torch.", "")} for r in rows if "profile" in r]), flush=True)
@@ -266,27 +267,29 @@ def goals(layers: list[dict], models: list[dict]) -> list[dict]:
 
 def add_rooflines(layers: list[dict], ceilings: Ceilings, dtype: str) -> None:
     """Each timed layer row's roofline: its form (the variant) on its 3x3 conv's geometry, batch and dtype."""
-    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    size = getattr(torch, dtype).itemsize
     for r in layers:
         if "median_ms" not in r:
             continue
-        out = (r["hw"] + 2 - 3) // r["stride"] + 1
+        out = conv_output_size(r["hw"], 3, r["stride"], 1)
         g = ConvGeometry(r["c_out"], r["c_in"], (3, 3), r["hw"] ** 2, out * out)
         ranks = None if r["variant"] == "dense" else tuple(r["ranks"])
         r["roofline"] = roofline(layer_work(r["variant"], g, ranks, r["batch"], size), ceilings, r["median_ms"])
 
 
-def add_model_rooflines(models: list[dict], ceilings: Ceilings, dtype: str, smoke: bool) -> None:
+def _model_profiles(dense: nn.Module, tucker: nn.Module, shape: tuple[int, ...]) -> dict:
+    """The layer profiles (geometry, ranks, MACs) of the dense and the factorised model, from one forward each."""
+    from batude.nn import profile_model
+
+    return {"dense": profile_model(dense, (1, *shape)), "tucker": profile_model(tucker, (1, *shape))}
+
+
+def add_model_rooflines(models: list[dict], ceilings: Ceilings, dtype: str, profiles: dict) -> None:
     """Each timed whole-model row's roofline: dense as dense convs, the chain as 3-conv chains, ``triton`` with its
     factorised convs on kernels that keep intermediates on chip; BN, ReLU, adds and pooling fused (``model_work``)."""
     from batude.bench.roofline import model_work
-    from batude.nn import profile_model
 
-    if not any("median_ms" in r for r in models):
-        return
-    dense, tucker, shape, _ = _model_pair(smoke)
-    profiles = {"dense": profile_model(dense, (1, *shape)), "tucker": profile_model(tucker, (1, *shape))}
-    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    size = getattr(torch, dtype).itemsize
     for r in models:
         if "median_ms" in r:
             work = model_work(profiles["dense" if r["model"] == "dense" else "tucker"], r["batch"], size,
@@ -335,8 +338,9 @@ def _rooflines_from_json(args) -> int:
             print(f"no ceilings for {gpu!r}: give --ceilings TFLOPS,GBPS", file=sys.stderr)
             return 2
         add_rooflines(layers, ceilings, report.get("dtype", "float16"))
-        add_model_rooflines(report.get("model", []), ceilings, report.get("dtype", "float16"),
-                            bool(report.get("args", {}).get("smoke")))
+        if any("median_ms" in r for r in report.get("model", [])):
+            dense, tucker, shape, _ = _model_pair(bool(report.get("args", {}).get("smoke")))
+            add_model_rooflines(report["model"], ceilings, report.get("dtype", "float16"), _model_profiles(dense, tucker, shape))
     except (KeyError, TypeError, ValueError, AttributeError, BatudeError) as err:
         print(f"{args.from_json} is not a kernels_vs_cudnn report this script can read ({type(err).__name__}: {err})",
               file=sys.stderr)
@@ -415,8 +419,6 @@ def main(argv=None) -> int:
 
     def write_report(layers: list[dict], models: list[dict], done: bool) -> dict:
         """The report so far, written at once: a run killed in the model part keeps its layer table."""
-        add_rooflines(layers, ceilings, str(dtype).replace("torch.", ""))
-        add_model_rooflines(models, ceilings, str(dtype).replace("torch.", ""), args.smoke)
         r = {"env": environment(), "args": {**vars(args), "ceilings": args.ceilings and args.ceilings.to_dict()},
              "dtype": str(dtype).replace("torch.", ""), "complete": done,
              "ceilings": ceilings.to_dict(), "layers": layers, "model": models, "goals": goals(layers, models),
@@ -425,8 +427,9 @@ def main(argv=None) -> int:
         return r
 
     layers = layer_rows(args, device, dtype, batches, Clock(min(args.layer_budget_s, args.budget_s)))
+    add_rooflines(layers, ceilings, str(dtype).replace("torch.", ""))
     write_report(layers, [], done=args.skip_model)
-    models = [] if args.skip_model else model_rows(args, device, dtype, batches, clock)
+    models = [] if args.skip_model else model_rows(args, device, dtype, batches, clock, ceilings)
     report = write_report(layers, models, done=True)
     plot(report, out / "kernels_vs_cudnn.png")
     _print_rooflines(report, out, report["env"].get("gpu"))

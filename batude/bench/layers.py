@@ -54,7 +54,7 @@ def profile_layers(model: nn.Module, input_shape: Sequence[int], batch: int = 1,
     with noise_summarised("per-layer profile"):
         rows = _profile(model, layer_input_shapes(model, input_shape, tucker), geometry, batch, dtype, dev, iters, warmup)
     if ceilings is not None:
-        size = torch.empty((), dtype=dtype).element_size()
+        size = dtype.itemsize
         for r in rows:
             work = layer_work(r["variant"], geometry[r["layer"]], r["ranks"], batch, size)
             r["roofline"] = roofline(work, ceilings, r["median_ms"])

@@ -110,18 +110,6 @@ def _predicted_vs_measured(plan, results: list[dict]) -> None:
               f"batch {table.get('batch')}, {table.get('backend')}); no row here matches it, so no prediction is compared")
 
 
-def _plot_rooflines(results: list[dict], layers: dict | None, ceilings: "_Ceilings", out: Path, batch: int,
-                    dtype: torch.dtype) -> bool:
-    """``roofline.png``: the per-layer rows where there are some, else each model and backend as measured (under the
-    roofs of the first device measured)."""
-    if layers and layers["rows"]:
-        return plot_roofline(layers["rows"], layers["ceilings"], out / "roofline.png",
-                             f"Tucker layers, eager, batch {batch}, {dtype}".replace("torch.", ""))
-    device = next(iter(ceilings.used), None)
-    rows = [{**r, "variant": f"{r['model']} {r['backend']}"} for r in results if r.get("roofline") and r["device"] == device]
-    return bool(rows) and plot_roofline(rows, ceilings.used[device].to_dict(), out / "roofline.png", f"Whole models ({device})")
-
-
 class _Ceilings:
     """The ceilings of each device a row ran on: ``--ceilings`` for all, else measured once per device."""
 
@@ -134,6 +122,18 @@ class _Ceilings:
         if device not in self.used:
             self.used[device] = self.given or measure_ceilings(resolve_device(device), self.dtype)
         return self.used[device]
+
+
+def _plot_rooflines(results: list[dict], layers: dict | None, ceilings: _Ceilings, out: Path, batch: int,
+                    dtype: torch.dtype) -> bool:
+    """``roofline.png``: the per-layer rows where there are some, else each model and backend as measured (under the
+    roofs of the first device measured)."""
+    if layers and layers["rows"]:
+        return plot_roofline(layers["rows"], layers["ceilings"], out / "roofline.png",
+                             f"Tucker layers, eager, batch {batch}, {dtype}".replace("torch.", ""))
+    device = next(iter(ceilings.used), None)
+    rows = [{**r, "variant": f"{r['model']} {r['backend']}"} for r in results if r.get("roofline") and r["device"] == device]
+    return bool(rows) and plot_roofline(rows, ceilings.used[device].to_dict(), out / "roofline.png", f"Whole models ({device})")
 
 
 def _model_rooflines(results: list[dict], models: dict, per_image: tuple[int, ...], ceilings: _Ceilings) -> None:
