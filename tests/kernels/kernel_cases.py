@@ -2,8 +2,9 @@
 
 Where the kernels run:
 * ``interp`` tests need this process to run Triton's interpreter (``TRITON_INTERPRET=1`` set before
-  triton was imported). ``test_interpreter_suite.py`` runs them in such a subprocess on every CPU CI
-  run; run them directly with ``TRITON_INTERPRET=1 pytest tests/kernels``.
+  triton was imported). ``test_interpreter_suite.py`` runs them (and only them: the others already ran
+  in the main process) in such a subprocess on every CPU CI run; run them directly with
+  ``TRITON_INTERPRET=1 pytest -m interp tests/kernels``.
 * ``gpu`` tests need CUDA (and no interpreter).
 
 Tolerances (``max |out - ref| / max |ref|``, the reference being :mod:`batude.kernels.reference`,
@@ -22,12 +23,17 @@ import torch
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
-interp = pytest.mark.skipif(
+_needs_interpreter = pytest.mark.skipif(
     not (INTERPRETED and HAS_TRITON),
     reason="needs TRITON_INTERPRET=1 before triton is imported: run by test_interpreter_suite.py in a subprocess",
 )
 _needs_gpu = pytest.mark.skipif(INTERPRETED or not HAS_TRITON or not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU and triton (and no TRITON_INTERPRET)")
+
+
+def interp(fn):
+    """Mark a test ``interp`` and skip it unless this process runs Triton's interpreter."""
+    return pytest.mark.interp(_needs_interpreter(fn))
 
 
 def gpu(fn):

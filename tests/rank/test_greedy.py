@@ -46,11 +46,14 @@ def _objective(ranks, spectra, thresholds):
 
 
 def _optimum(problem, spectra, thresholds, limit):
+    """The best objective over every rank combination within ``limit``: each layer's choices are tabulated once as
+    (cost, gain), so the enumeration only adds numbers."""
+    tables = [[(problem.chain_cost(i, rr), sum(kept_gain(s, t, 0, r) for r, s, t in zip(rr, spectra[i], thresholds[i])))
+               for rr in itertools.product(*cand.grids)] for i, cand in enumerate(problem.candidates)]
     best = -1.0
-    choices = [list(itertools.product(*cand.grids)) for cand in problem.candidates]
-    for combo in itertools.product(*choices):
-        if problem.fixed + sum(problem.chain_cost(i, r) for i, r in enumerate(combo)) <= limit:
-            best = max(best, _objective(combo, spectra, thresholds))
+    for combo in itertools.product(*tables):
+        if problem.fixed + sum(c for c, _ in combo) <= limit:
+            best = max(best, sum(g for _, g in combo))
     return best
 
 

@@ -54,19 +54,19 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_train_killed_and_resumed_matches_uninterrupted(tmp_path):
-    train = ["train", "--model", "resnet20", "--epochs", "3", *DATA]
+    train = ["train", "--model", "resnet20", "--epochs", "2", *DATA]
     _run(_cli(*train, "--out", str(tmp_path / "ref")))
     _kill_after_first_epoch(_cli(*train, "--out", str(tmp_path / "cut")), tmp_path / "cut")
     assert not (tmp_path / "cut" / "model.pt").exists()
     _run(_cli(*train, "--out", str(tmp_path / "cut"), "--resume"))
     assert _same(_weights(tmp_path / "ref" / "model.pt"), _weights(tmp_path / "cut" / "model.pt"))
-    assert [e["epoch"] for e in json.loads((tmp_path / "cut" / "log.json").read_text())] == [1, 2, 3]
+    assert [e["epoch"] for e in json.loads((tmp_path / "cut" / "log.json").read_text())] == [1, 2]
 
 
 def test_compress_killed_and_resumed_matches_uninterrupted(tmp_path):
     _run(_cli("train", "--model", "resnet20", "--epochs", "1", *DATA, "--out", str(tmp_path / "dense")))
     dense = str(tmp_path / "dense" / "model.pt")
-    comp = ["compress", dense, "--budget", "2.52x", "--epochs-admm", "2", "--epochs-ft", "2", *DATA]
+    comp = ["compress", dense, "--budget", "2.52x", "--epochs-admm", "2", "--epochs-ft", "1", *DATA]  # killed in BC-ADL
     _run(_cli(*comp, "--out", str(tmp_path / "ref")))
     _kill_after_first_epoch(_cli(*comp, "--out", str(tmp_path / "cut")), tmp_path / "cut")
     _run(_cli(*comp, "--out", str(tmp_path / "cut"), "--resume"))
