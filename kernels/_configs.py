@@ -50,9 +50,12 @@ _TUCKER2 = [
 ]
 MIN_SPLIT_N_WIDTH = 32  # core output channels per program when they are split (SPLIT_N > 1)
 _LARGE_ACC = 8192  # BLOCK_M * R1p from which a program needs 8 warps; 8-warp tiles of BLOCK_M < 64 only from half that
-# (BLOCK_M, BLOCK_C, BLOCK_S, num_warps, num_stages)
-_LOWRANK = [(16, 64, 64, 4, 2), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 32, 128, 8, 3), (128, 32, 64, 8, 3),
-            (16, 64, 64, 8, 2), (32, 64, 64, 8, 3), (64, 32, 64, 8, 2)]  # 8 warps for R1p >= 256, as for tucker2
+# (BLOCK_M, BLOCK_C, BLOCK_S, SPLIT_S, num_warps, num_stages)
+_LOWRANK = [(16, 64, 64, 1, 4, 2), (32, 64, 64, 1, 4, 3), (64, 64, 64, 1, 4, 3), (64, 32, 128, 1, 8, 3), (128, 32, 64, 1, 8, 3),
+            (16, 64, 64, 1, 8, 2), (32, 64, 64, 1, 8, 3), (64, 32, 64, 1, 8, 2),  # 8 warps for R1p >= 256, as for tucker2
+            # the output channels split (SPLIT_S) where row blocks are few: ResNet-50's 7x7 and 14x14 1x1s at batch 1
+            # are 1-13 row blocks of 16 on 132 SMs; each program redoes x @ b for its rows (the autotuner weighs that)
+            (16, 64, 64, 4, 4, 2), (16, 64, 64, 8, 4, 2), (32, 64, 64, 4, 4, 3), (16, 64, 64, 4, 8, 2), (16, 64, 64, 8, 8, 2)]
 # halo mode: (TILE_H, TILE_W, HALO_BLOCK, BLOCK_K, BLOCK_S, SPLIT_S, num_warps, num_stages); BLOCK_M = next_pow2(TILE_H * TILE_W).
 # Square-ish tiles keep the halo small (8x8 at 3x3, stride 1: 100 input pixels for 64 outputs); 7- and
 # 14-wide tiles fit the 7/14/28/56-pixel maps of ImageNet ResNets without masked columns. SPLIT_S > 1
@@ -155,6 +158,12 @@ def _prune_tucker2(configs, named_args, **kwargs):
     return out or [_as_config(heuristic_tucker2(a["M"], a["C"], a["RK"], a["RP"], a["KH"] * a["KW"], False))]
 
 
+def _split_s_ok(tiles: int, split: int, s: int, block_s: int) -> bool:
+    """``SPLIT_S`` programs per row block (lowrank) or tile (halo) only where those leave most SMs idle, each
+    program with at least one ``BLOCK_S`` tile of the ``s`` output channels."""
+    return split == 1 or (tiles * 2 <= num_sms() and split <= _cdiv(s, block_s))
+
+
 def _prune_lowrank(configs, named_args, **kwargs):
     import triton
 
@@ -164,7 +173,7 @@ def _prune_lowrank(configs, named_args, **kwargs):
         kw = dict(cfg.kwargs)
         kw["BLOCK_C"] = min(kw["BLOCK_C"], _clamp_pow2(a["C"], 16, 64))
         bm = kw["BLOCK_M"]
-        if not _warps_ok(bm, a["RP"], cfg.num_warps):
+        if not _warps_ok(bm, a["RP"], cfg.num_warps) or not _split_s_ok(_cdiv(a["M"], bm), kw["SPLIT_S"], a["S"], kw["BLOCK_S"]):
             continue
         if (bm <= 16 and _cdiv(a["M"], 64) >= 2 * num_sms()) or (bm >= 128 and _cdiv(a["M"], 128) < num_sms()):
             continue
@@ -219,11 +228,10 @@ def _halo_cost(a: dict, tile_h: int, tile_w: int, halo_block: int, split_s: int 
 
 
 def _halo_ok(cfg_kw: dict, warps: int, a: dict) -> bool:
-    th, tw, split = cfg_kw["TILE_H"], cfg_kw["TILE_W"], cfg_kw["SPLIT_S"]
-    if split > 1:  # only to fill the GPU where tiles are few, and each program keeps at least one BLOCK_S tile
-        tiles = _halo_tiles(a["M"] // (a["OH"] * a["OW"]), a["OH"], a["OW"], th, tw)
-        if tiles * 2 > num_sms() or split > _cdiv(a["S"], cfg_kw["BLOCK_S"]):
-            return False
+    th, tw = cfg_kw["TILE_H"], cfg_kw["TILE_W"]
+    tiles = _halo_tiles(a["M"] // (a["OH"] * a["OW"]), a["OH"], a["OW"], th, tw)
+    if not _split_s_ok(tiles, cfg_kw["SPLIT_S"], a["S"], cfg_kw["BLOCK_S"]):
+        return False
     return _halo_use(a["OH"], a["OW"], th, tw) >= HALO_MIN_USE and _warps_ok(halo_block_m(th, tw), a["RP"], warps)
 
 
@@ -318,11 +326,12 @@ def heuristic_tucker2(m: int, c: int, rk: int, rp: int, taps: int, interpret: bo
 
 def heuristic_lowrank(m: int, c: int, rp: int, interpret: bool) -> dict:
     if interpret:
-        return dict(BLOCK_M=32, BLOCK_C=16, BLOCK_S=16, num_warps=4, num_stages=1)
+        return dict(BLOCK_M=32, BLOCK_C=16, BLOCK_S=16, SPLIT_S=1, num_warps=4, num_stages=1)
     sms = num_sms()
     bm = min(64 if m >= 64 * sms else (32 if m >= 16 * sms else 16), _MAX_ACC // rp)
-    # 2 stages from R1p = 256 on: 3 overflow shared memory in fp32 at R1p = 512 (kernels_aot.py)
-    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, num_warps=8 if bm * rp >= _LARGE_ACC else 4,
+    # 2 stages from R1p = 256 on: 3 overflow shared memory in fp32 at R1p = 512 (kernels_aot.py). SPLIT_S stays 1
+    # here, as SPLIT_N does for tucker2: no GPU has timed it yet
+    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, SPLIT_S=1, num_warps=8 if bm * rp >= _LARGE_ACC else 4,
                 num_stages=2 if rp >= 256 else 3)
 
 
@@ -355,7 +364,8 @@ def candidates(kind: str) -> tuple[list, list[str], object]:
                                  num_stages=st) for bm, bk, bs, sk, sn, w, st in _TUCKER2]
         return configs, ["M", "OH", "OW", "C", "RK", "S", "KH", "KW", "STRIDE_H", "RP", "FUSE_FIRST"], _prune_tucker2
     if kind == "lowrank":
-        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st) for bm, bc, bs, w, st in _LOWRANK]
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs, SPLIT_S=ss), num_warps=w, num_stages=st)
+                   for bm, bc, bs, ss, w, st in _LOWRANK]
         return configs, ["M", "OH", "OW", "C", "S", "STRIDE_H", "RP"], _prune_lowrank
     if kind == "halo":
         configs = [triton.Config(dict(TILE_H=th, TILE_W=tw, HALO_BLOCK=hb, BLOCK_K=bk, BLOCK_C=64, BLOCK_S=bs, SPLIT_S=ss),

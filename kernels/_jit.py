@@ -271,14 +271,20 @@ def _pointwise_kernel(x_ptr, w_ptr, t_ptr, M, C, N_OUT,
 def _lowrank_kernel(
     x_ptr, b_ptr, a_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
     M, H, W, OH, OW, C, S, s_n, s_h, s_w, STRIDE_H, STRIDE_W, PAD_H, PAD_W, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU,
-    RP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, PRECISION: tl.constexpr,
+    RP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_S: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Two chained 1x1s: ``t = x[pixels] @ b [C, RP]`` kept in registers, then :func:`_last_1x1` with ``a [RP, S]``.
 
     The first 1x1 may be strided and zero-padded (as ``LowRankConv1x1.first`` is): row ``m`` reads
-    input pixel ``(n, oh*STRIDE_H - PAD_H, ow*STRIDE_W - PAD_W)``, zero outside the image.
+    input pixel ``(n, oh*STRIDE_H - PAD_H, ow*STRIDE_W - PAD_W)``, zero outside the image. Where row
+    blocks are few (batch 1, late stages) ``SPLIT_S`` programs (grid axis 1) share each: every one
+    computes ``t`` and writes its own run of ``BLOCK_S`` tiles of the ``S`` output channels.
     """
     pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    s_share = tl.cdiv(tl.cdiv(S, BLOCK_S), SPLIT_S) * BLOCK_S
+    s_lo = pid_s * s_share
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     ow = offs_m % OW
@@ -290,4 +296,5 @@ def _lowrank_kernel(
     row = n.to(tl.int64) * s_n + ih * s_h + iw * s_w
     t = _pixels_times(x_ptr, row, valid, b_ptr, tl.arange(0, RP), C, RP, BLOCK_M, RP, BLOCK_C, PRECISION)
     _last_1x1(t.to(x_ptr.dtype.element_ty), offs_m, pid_m, M, S, a_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
-              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, 0, S, 0)
+              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, s_lo,
+              tl.minimum(s_lo + s_share, S), 0)

@@ -5,8 +5,11 @@
 ``BLOCK_M`` rows, accumulates ``t = x @ B`` (``[BLOCK_M, Rp]``, fp32) over ``C`` in ``BLOCK_C``
 chunks, rounds it to the input dtype (as the eager chain does) and runs the second GEMM and the
 epilogue ``act(t @ A * scale + shift + residual)`` tile by tile over ``S``: the rank-R intermediate
-never leaves registers. Block sizes, warps and stages are autotuned per shape on the GPU
-(:mod:`batude.kernels._configs`); no split-K (``C`` is the only reduction and is short).
+never leaves registers. Where row blocks are too few to fill the GPU (batch 1, 7x7 and 14x14 maps)
+``SPLIT_S`` programs share a row block, each computing ``t`` again and writing its share of ``S``
+(ResNet-50's 512->2048 at 7x7, batch 1, is one to four row blocks on 132 SMs without it). Block
+sizes, ``SPLIT_S``, warps and stages are autotuned per shape on the GPU (:mod:`batude.kernels._configs`);
+no split-K (``C`` is the only reduction and is short).
 """
 
 from __future__ import annotations
@@ -82,17 +85,20 @@ def lowrank_chain(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, *, scale: t
                       (scale is not None, shift is not None, residual is not None, relu))
     args.update(RP=rp, PRECISION=precision_for(x.dtype))
     if config is None and autotune_enabled():
-        grid = lambda META: (-(-m // META["BLOCK_M"]),)  # noqa: E731
+        grid = lambda META: (-(-m // META["BLOCK_M"]), META["SPLIT_S"])  # noqa: E731
         try:
             cfg.autotuned("lowrank")[grid](*ptrs, **args)
             return out
         except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
             config = cfg.heuristic_lowrank(m, c, rp, False)
-    launch = dict(config or cfg.heuristic_lowrank(m, c, rp, interpreting()))
+    launch = {"SPLIT_S": 1, **(config or cfg.heuristic_lowrank(m, c, rp, interpreting()))}
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
+    if not (isinstance(launch["SPLIT_S"], int) and launch["SPLIT_S"] >= 1):
+        raise BatudeError(f"config SPLIT_S={launch['SPLIT_S']!r} must be a positive integer (programs sharing a row block)")
 
     def run(tile: dict, warps: int, stages: int) -> None:
-        jit_module()._lowrank_kernel[(-(-m // tile["BLOCK_M"]),)](*ptrs, **args, **tile, num_warps=warps, num_stages=stages)
+        grid = (-(-m // tile["BLOCK_M"]), tile["SPLIT_S"])
+        jit_module()._lowrank_kernel[grid](*ptrs, **args, **tile, num_warps=warps, num_stages=stages)
 
     cfg.launch_fitting(("lowrank", x.device.index, x.dtype, rp, tuple(sorted(launch.items())), warps, stages),
                        run, launch, warps, stages)

@@ -112,6 +112,19 @@ def test_lowrank_chain_compiles_for_h100():
     assert rec["kind"] == "lowrank" and rec["rp"] == 64
 
 
+def test_split_s_candidates_of_the_lowrank_chain_compile_for_h100_with_tensor_cores_and_no_spills():
+    """ResNet-50's 512->2048 1x1 at 7x7, batch 1, R = 128: 4 row blocks of 16, the output channels split over programs."""
+    from batude.kernels.aot import Layer, compile_spec, layer_specs
+
+    specs = [s for s in layer_specs(Layer(c=512, s=2048, hw=7, k=1, stride=1, r1=128, r2=0, batch=1), "fp16", "chain")
+             if s.args["SPLIT_S"] > 1]
+    assert {s.args["SPLIT_S"] for s in specs} == {4, 8}
+    rec = compile_spec(max(specs, key=lambda s: s.args["SPLIT_S"]))
+    assert rec["ok"], rec["error"]
+    assert rec["tensor_core"] > 0 and rec["spill_bytes"] == 0 and rec["scalar_global"] == 0
+    assert rec["config"]["SPLIT_S"] == 8
+
+
 def test_a_config_over_the_shared_memory_limit_is_reported_and_pruned():
     """(64, 32, 128) x 8 warps x 3 stages at R1p = 256 was an autotuning candidate until the sweep found it
     needs 245760 bytes of shared memory (an H100 block may have 232448); pruning now drops it."""
@@ -127,7 +140,7 @@ def test_a_config_over_the_shared_memory_limit_is_reported_and_pruned():
     rec = compile_spec(spec)
     assert not rec["ok"] and rec["shared_bytes"] > 232448
     assert "shared memory" in rec["error"] and "sm_90 allows 232448" in rec["error"]
-    assert (64, 32, 128, 8, 3) in [(bm, bc, bs, w, st) for bm, bc, bs, w, st in _configs._LOWRANK]  # still a candidate elsewhere
+    assert (64, 32, 128, 1, 8, 3) in _configs._LOWRANK  # still a candidate elsewhere
 
 
 def test_equal_specialisations_share_a_key_and_different_ones_do_not():

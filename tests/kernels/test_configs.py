@@ -57,11 +57,15 @@ def test_lowrank_and_pointwise_pruning():
 
     from batude.kernels import _configs
 
-    lowrank = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st)
-               for bm, bc, bs, w, st in _configs._LOWRANK]
-    for m, rp in ((49, 512), (64 * 784, 64)):
-        kept = _configs._prune_lowrank(lowrank, {"M": m, "C": 256, "RP": rp})
+    lowrank = _configs.candidates("lowrank")[0]
+    for m, rp, s in ((49, 512, 2048), (49, 128, 2048), (196, 64, 1024), (64 * 784, 64, 512), (49, 128, 64)):
+        kept = _configs._prune_lowrank(lowrank, {"M": m, "C": 256, "RP": rp, "S": s})
         assert kept and all(c.kwargs["BLOCK_M"] * rp <= 16384 for c in kept)
+        split = {c.kwargs["SPLIT_S"] for c in kept}
+        if m <= 196 and s > 64:  # few row blocks: the output channels may be split, each program keeps a BLOCK_S tile
+            assert max(split) > 1 and all(c.kwargs["SPLIT_S"] * c.kwargs["BLOCK_S"] <= s for c in kept)
+        else:  # many row blocks, or one BLOCK_S tile of output channels in all: never split
+            assert split == {1}
     pointwise = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc), num_warps=w, num_stages=st)
                  for bm, bn, bc, w, st in _configs._POINTWISE]
     assert all(c.kwargs["BLOCK_M"] < 128 for c in _configs._prune_pointwise(pointwise, {"M": 196, "N_OUT": 32}))
@@ -138,16 +142,12 @@ def test_auto_mode_heuristic_follows_the_h100_measurements(n, c, hw, k, mode):
 @pytest.mark.parametrize("m", [49, 64 * 49, 64 * 196], ids=["b1-7²", "b64-7²", "b64-14²"])
 def test_large_ranks_get_tiles_beyond_16_rows_with_8_warps(m):
     """R1p = 256 once kept only BLOCK_M = 16 candidates; those layers were the H100's slowest (0.53-0.86x of cuDNN)."""
-    import triton
-
     from batude.kernels import _configs
 
     kept = _configs._prune_tucker2(_tucker2_candidates(), _args(m, 512, 256, 256))
     assert any(c.kwargs["BLOCK_M"] >= 32 and c.num_warps == 8 for c in kept)
     assert all(c.num_warps == 8 for c in kept if c.kwargs["BLOCK_M"] * 256 // c.kwargs["SPLIT_N"] >= 8192)
-    lowrank = [triton.Config(dict(BLOCK_M=bm, BLOCK_C=bc, BLOCK_S=bs), num_warps=w, num_stages=st)
-               for bm, bc, bs, w, st in _configs._LOWRANK]
-    kept = _configs._prune_lowrank(lowrank, {"M": m, "C": 512, "RP": 256})
+    kept = _configs._prune_lowrank(_configs.candidates("lowrank")[0], {"M": m, "C": 512, "RP": 256, "S": 512})
     assert any(c.kwargs["BLOCK_M"] >= 32 and c.num_warps == 8 for c in kept)
     small = _configs._prune_tucker2(_tucker2_candidates(), _args(m, 64, 32, 32))
     assert not any(c.num_warps == 8 and c.kwargs["BLOCK_M"] < 64 for c in small)  # 8 warps only where tiles are big

@@ -68,6 +68,27 @@ def test_interpreter_epilogue_parts(part):
 
 
 @interp
+@pytest.mark.parametrize("split_s", [2, 3, 4])
+def test_interpreter_split_output_channels(split_s):
+    """SPLIT_S programs share each row block's S = 40 output channels (3 tiles of 16): 2 split them 2 + 1, 3 one
+    each, 4 leave the last program none; between them the shares must write every channel, epilogue included."""
+    p = pack_lowrank(*lowrank_factors(24, 40, 11))
+    x = nhwc(torch.randn(2, 24, 5, 5))
+    res = nhwc(torch.randn(2, 40, 4, 4))
+    cfg = dict(BLOCK_M=16, BLOCK_C=16, BLOCK_S=16, SPLIT_S=split_s, num_warps=4, num_stages=1)
+    out, ref = _run(x, p, stride=2, padding=1, residual=res, relu=True, config=cfg)
+    assert rel_err(out, ref) <= TOL[torch.float32]
+
+
+@interp
+@pytest.mark.parametrize("split_s", [0, 1.5])
+def test_interpreter_a_split_s_that_is_not_a_count_is_refused(split_s):
+    p = pack_lowrank(*lowrank_factors(24, 40, 11))
+    with pytest.raises(BatudeError, match="SPLIT_S"):
+        _run(nhwc(torch.randn(1, 24, 4, 4)), p, config=dict(BLOCK_M=16, BLOCK_C=16, BLOCK_S=16, SPLIT_S=split_s))
+
+
+@interp
 def test_interpreter_checks_and_custom_op(monkeypatch):
     from batude.kernels import _ops, lowrank_chain
 
