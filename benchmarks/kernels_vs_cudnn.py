@@ -397,6 +397,8 @@ def main(argv=None) -> int:
     args = _args(argv)
     if args.from_json:
         return _rooflines_from_json(args)
+    from batude.kernels import _configs as kcfg
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
@@ -422,7 +424,7 @@ def main(argv=None) -> int:
         r = {"env": environment(), "args": {**vars(args), "ceilings": args.ceilings and args.ceilings.to_dict()},
              "dtype": str(dtype).replace("torch.", ""), "complete": done,
              "ceilings": ceilings.to_dict(), "layers": layers, "model": models, "goals": goals(layers, models),
-             "elapsed_s": time.perf_counter() - clock.start}
+             "autotuned": kcfg.tuned_configs(), "elapsed_s": time.perf_counter() - clock.start}
         write_text_atomic(out / "kernels_vs_cudnn.json", json.dumps(r, indent=2) + "\n")
         return r
 
@@ -436,6 +438,8 @@ def main(argv=None) -> int:
     for g in report["goals"]:
         measured = "-" if g["measured"] is None else f"{g['measured']:.2f}x"
         print(f"{'MET ' if g['met'] else 'MISS'} {g['goal']}: {measured} (target {g['target']}x)")
+    for line in kcfg.tuned_summary(report["autotuned"]):
+        print(line)
     print(f"wrote {out / 'kernels_vs_cudnn.json'} in {report['elapsed_s']:.0f} s")
     return 0
 

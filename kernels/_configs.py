@@ -17,7 +17,7 @@ import logging
 import torch
 
 __all__ = ["SPLIT_K_MAX_ROWS", "MIN_SPLIT_N_WIDTH", "parts", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise",
-           "heuristic_halo", "autotuned", "candidates", "KERNELS", "workspace", "scratch", "num_sms", "next_pow2", "launch_fitting", "out_of_resources",
+           "heuristic_halo", "autotuned", "tuned_configs", "tuned_summary", "candidates", "KERNELS", "workspace", "scratch", "num_sms", "next_pow2", "launch_fitting", "out_of_resources",
            "halo_block_m", "halo_rows", "halo_grid", "halo_slot"]
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def _prune_lowrank(configs, named_args, **kwargs):
         if sig not in seen:
             seen.add(sig)
             out.append(triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
-    return out or [_as_config(heuristic_lowrank(a["M"], a["C"], a["RP"], False))]
+    return out or [_as_config(heuristic_lowrank(a["M"], a["C"], a["RP"], a["S"], False))]
 
 
 def halo_block_m(tile_h: int, tile_w: int) -> int:
@@ -324,14 +324,25 @@ def heuristic_tucker2(m: int, c: int, rk: int, rp: int, taps: int, interpret: bo
                 num_warps=8 if bm * rp >= _LARGE_ACC else 4, num_stages=2)
 
 
-def heuristic_lowrank(m: int, c: int, rp: int, interpret: bool) -> dict:
+def heuristic_lowrank(m: int, c: int, rp: int, s: int, interpret: bool) -> dict:
+    """One config for :func:`_lowrank_kernel` (small blocks under the interpreter).
+
+    Where row blocks leave most SMs idle, ``SPLIT_S`` doubles (up to 8) while :func:`_split_s_ok` allows it
+    and the programs stay within one wave: the shares write disjoint output channels (no workspace, no
+    atomics) and run side by side, so splitting adds only the recomputed ``x @ b`` on otherwise idle SMs.
+    Unlike ``SPLIT_N`` in :func:`heuristic_tucker2` it is on before a GPU has timed it, because the latency
+    tables time this heuristic (``benchmarks/latency_aware.py``) and one program per 16 rows of ResNet-50's
+    7x7 maps would make them undervalue the kernel there.
+    """
     if interpret:
         return dict(BLOCK_M=32, BLOCK_C=16, BLOCK_S=16, SPLIT_S=1, num_warps=4, num_stages=1)
     sms = num_sms()
     bm = min(64 if m >= 64 * sms else (32 if m >= 16 * sms else 16), _MAX_ACC // rp)
-    # 2 stages from R1p = 256 on: 3 overflow shared memory in fp32 at R1p = 512 (kernels_aot.py). SPLIT_S stays 1
-    # here, as SPLIT_N does for tucker2: no GPU has timed it yet
-    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, SPLIT_S=1, num_warps=8 if bm * rp >= _LARGE_ACC else 4,
+    tiles, split = _cdiv(m, bm), 1
+    while split < 8 and tiles * split * 2 <= sms and _split_s_ok(tiles, split * 2, s, 64):
+        split *= 2
+    # 2 stages from R1p = 256 on: 3 overflow shared memory in fp32 at R1p = 512 (kernels_aot.py)
+    return dict(BLOCK_M=bm, BLOCK_C=_clamp_pow2(c, 16, 64), BLOCK_S=64, SPLIT_S=split, num_warps=8 if bm * rp >= _LARGE_ACC else 4,
                 num_stages=2 if rp >= 256 else 3)
 
 
@@ -390,7 +401,50 @@ def autotuned(kind: str):
 
     configs, key, prune = candidates(kind)
     fn = getattr(jit_module(), KERNELS[kind])
-    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **_bench_kwargs())(fn)
+    _BUILT[kind] = triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, **_bench_kwargs())(fn)
+    return _BUILT[kind]
+
+
+_BUILT: dict[str, object] = {}  # the autotuners :func:`autotuned` has built in this process
+
+
+def _plain(v):
+    return v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+
+
+def tuned_configs() -> dict[str, list[dict]]:
+    """What the autotuners chose in this process, per kernel: ``{kind: [{"key": {argument: value}, "dtypes": [...],
+    "config": {meta-parameter: value, "num_warps": w, "num_stages": s}}]}``, one entry per tuned shape, for the
+    kernels whose autotuner was built (none where autotuning is off or under the interpreter). Benchmarks
+    record it, so a GPU run says which candidates won where (e.g. ``SPLIT_S`` on ResNet-50's 7x7 1x1s)."""
+    out = {}
+    for kind, tuner in sorted(_BUILT.items()):
+        names = list(getattr(tuner, "keys", []))
+        rows = []
+        for key, best in getattr(tuner, "cache", {}).items():
+            key = tuple(key) if isinstance(key, (tuple, list)) else (key,)
+            rows.append({"key": {n: _plain(v) for n, v in zip(names, key)}, "dtypes": [_plain(v) for v in key[len(names):]],
+                         "config": {**{k: _plain(v) for k, v in best.kwargs.items()}, "num_warps": best.num_warps,
+                                    "num_stages": best.num_stages}})
+        if rows:
+            out[kind] = rows
+    return out
+
+
+def tuned_summary(tuned: dict[str, list[dict]]) -> list[str]:
+    """One line per kernel of :func:`tuned_configs`: shapes tuned, and how often a split or a tile size won."""
+    lines = []
+    for kind, rows in tuned.items():
+        parts = [f"{len(rows)} shape(s)"]
+        for name in ("SPLIT_K", "SPLIT_N", "SPLIT_S"):
+            won = sum(r["config"].get(name, 1) > 1 for r in rows)
+            if any(name in r["config"] for r in rows):
+                parts.append(f"{name} > 1 won {won}")
+        tiles = sorted({r["config"].get("BLOCK_M") for r in rows if r["config"].get("BLOCK_M")})
+        if tiles:
+            parts.append("BLOCK_M " + "/".join(map(str, tiles)))
+        lines.append(f"autotuned {kind}: " + ", ".join(parts))
+    return lines
 
 
 _FITTED: dict[tuple, tuple[dict, int]] = {}

@@ -118,7 +118,7 @@ def layer_specs(layer: Layer, dtype: str, mode: str) -> list[Spec]:
         rp = pad_rank_out(layer.r1)
         args = chain_args((n, c, h, h), (oh, ow), s, (h * h * c, h * c, c), (layer.stride,) * 2, (0, 0), flags)
         args.update(x_ptr=act, b_ptr=act, a_ptr=act, scale_ptr=f32, shift_ptr=f32, res_ptr=act, out_ptr=act, RP=rp, PRECISION=prec)
-        for meta, w, st in _configs_for("lowrank", args, cfg.heuristic_lowrank(m, c, rp, False)):
+        for meta, w, st in _configs_for("lowrank", args, cfg.heuristic_lowrank(m, c, rp, s, False)):
             specs.append(Spec("lowrank", {**args, **meta}, w, st, origin))
         return specs
     if mode not in ("fused", "split", "halo"):

@@ -7,9 +7,9 @@ chunks, rounds it to the input dtype (as the eager chain does) and runs the seco
 epilogue ``act(t @ A * scale + shift + residual)`` tile by tile over ``S``: the rank-R intermediate
 never leaves registers. Where row blocks are too few to fill the GPU (batch 1, 7x7 and 14x14 maps)
 ``SPLIT_S`` programs share a row block, each computing ``t`` again and writing its share of ``S``
-(ResNet-50's 512->2048 at 7x7, batch 1, is one to four row blocks on 132 SMs without it). Block
-sizes, ``SPLIT_S``, warps and stages are autotuned per shape on the GPU (:mod:`batude.kernels._configs`);
-no split-K (``C`` is the only reduction and is short).
+(ResNet-50's 512->2048 at 7x7, batch 1, is four row blocks on 132 SMs without it; the untuned
+heuristic splits too). Block sizes, ``SPLIT_S``, warps and stages are autotuned per shape on the GPU
+(:mod:`batude.kernels._configs`); no split-K (``C`` is the only reduction and is short).
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def lowrank_chain(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, *, scale: t
             cfg.autotuned("lowrank")[grid](*ptrs, **args)
             return out
         except cfg.out_of_resources():  # no candidate fits this GPU's shared memory: the heuristic, shrunk until it does
-            config = cfg.heuristic_lowrank(m, c, rp, False)
-    launch = {"SPLIT_S": 1, **(config or cfg.heuristic_lowrank(m, c, rp, interpreting()))}
+            config = cfg.heuristic_lowrank(m, c, rp, s, False)
+    launch = {"SPLIT_S": 1, **(config or cfg.heuristic_lowrank(m, c, rp, s, interpreting()))}
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
     if not (isinstance(launch["SPLIT_S"], int) and launch["SPLIT_S"] >= 1):
         raise BatudeError(f"config SPLIT_S={launch['SPLIT_S']!r} must be a positive integer (programs sharing a row block)")

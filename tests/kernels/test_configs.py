@@ -71,6 +71,18 @@ def test_lowrank_and_pointwise_pruning():
     assert all(c.kwargs["BLOCK_M"] < 128 for c in _configs._prune_pointwise(pointwise, {"M": 196, "N_OUT": 32}))
 
 
+@pytest.mark.parametrize("m,c,rp,s,split", [(49, 512, 128, 2048, 8), (49, 2048, 256, 512, 8), (196, 1024, 128, 256, 4),
+                                             (64 * 49, 512, 128, 2048, 1), (49, 256, 64, 64, 1)],
+                         ids=["b1-7²-expand", "b1-7²-reduce", "b1-14²-reduce", "b64-7²", "one-S-tile"])
+def test_lowrank_heuristic_splits_the_output_channels_where_row_blocks_are_few(m, c, rp, s, split):
+    from batude.kernels import _configs
+
+    cfg = _configs.heuristic_lowrank(m, c, rp, s, interpret=False)
+    assert cfg["SPLIT_S"] == split
+    assert -(-m // cfg["BLOCK_M"]) * split <= SMS and split * cfg["BLOCK_S"] <= max(s, cfg["BLOCK_S"])  # one wave, a tile each
+    assert _configs.heuristic_lowrank(m, c, rp, s, interpret=True)["SPLIT_S"] == 1
+
+
 @pytest.mark.parametrize("m,rp,taps", [(49, 256, 9), (3136, 32, 9), (200704, 64, 9), (98, 512, 1)])
 def test_heuristic_configs(m, rp, taps):
     from batude.kernels import _configs
@@ -303,3 +315,30 @@ def test_many_rows_and_a_narrow_core_get_tall_tiles(m, c, rp):
     assert (rp == 32) <= any(cfg.kwargs["BLOCK_N"] == 32 and cfg.kwargs["BLOCK_M"] >= 128 for cfg in pointwise)
     small = _configs._prune_tucker2(_tucker2_candidates(), _args(49, c, rp, rp))  # batch 1, 7x7: no tall tiles
     assert max(cfg.kwargs["BLOCK_M"] for cfg in small) <= 64
+
+
+def test_tuned_configs_read_what_each_autotuner_chose(monkeypatch):
+    """The autotuners' caches (keyed as Triton keys them: the key arguments, then the tensors' dtypes) as JSON rows."""
+    import json
+    import types
+
+    import triton
+
+    from batude.kernels import _configs
+
+    monkeypatch.setattr(_configs, "_BUILT", {})
+    assert _configs.tuned_configs() == {} and _configs.tuned_summary({}) == []
+    keys = ["M", "OH", "OW", "C", "S", "STRIDE_H", "RP"]
+    won = {(49, 7, 7, 512, 2048, 1, 128, "torch.float16"): triton.Config(dict(BLOCK_M=16, BLOCK_C=64, BLOCK_S=64, SPLIT_S=8),
+                                                                         num_warps=4, num_stages=2),
+           (3136, 7, 7, 512, 2048, 1, 128, "torch.float16"): triton.Config(dict(BLOCK_M=64, BLOCK_C=64, BLOCK_S=64, SPLIT_S=1),
+                                                                           num_warps=4, num_stages=3)}
+    _configs._BUILT["lowrank"] = types.SimpleNamespace(keys=keys, cache=won)
+    _configs._BUILT["halo"] = types.SimpleNamespace(keys=["M"], cache={})  # built, never launched: left out
+    tuned = _configs.tuned_configs()
+    assert list(tuned) == ["lowrank"] and len(tuned["lowrank"]) == 2
+    first = tuned["lowrank"][0]
+    assert first["key"] == dict(zip(keys, (49, 7, 7, 512, 2048, 1, 128))) and first["dtypes"] == ["torch.float16"]
+    assert first["config"] == dict(BLOCK_M=16, BLOCK_C=64, BLOCK_S=64, SPLIT_S=8, num_warps=4, num_stages=2)
+    assert json.loads(json.dumps(tuned)) == tuned
+    assert _configs.tuned_summary(tuned) == ["autotuned lowrank: 2 shape(s), SPLIT_S > 1 won 1, BLOCK_M 16/64"]
