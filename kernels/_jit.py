@@ -279,12 +279,14 @@ def _lowrank_kernel(
     The first 1x1 may be strided and zero-padded (as ``LowRankConv1x1.first`` is): row ``m`` reads
     input pixel ``(n, oh*STRIDE_H - PAD_H, ow*STRIDE_W - PAD_W)``, zero outside the image. Where row
     blocks are few (batch 1, late stages) ``SPLIT_S`` programs (grid axis 1) share each: every one
-    computes ``t`` and writes its own run of ``BLOCK_S`` tiles of the ``S`` output channels.
+    computes ``t`` and writes its own run of the ``BLOCK_S`` tiles of the ``S`` output channels, the
+    tiles spread evenly (``SPLIT_S`` at most the tiles: each program gets at least one).
     """
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
-    s_share = tl.cdiv(tl.cdiv(S, BLOCK_S), SPLIT_S) * BLOCK_S
-    s_lo = pid_s * s_share
+    s_tiles = tl.cdiv(S, BLOCK_S)
+    s_lo = (pid_s * s_tiles // SPLIT_S) * BLOCK_S
+    s_hi = tl.minimum(((pid_s + 1) * s_tiles // SPLIT_S) * BLOCK_S, S)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     ow = offs_m % OW
@@ -296,5 +298,4 @@ def _lowrank_kernel(
     row = n.to(tl.int64) * s_n + ih * s_h + iw * s_w
     t = _pixels_times(x_ptr, row, valid, b_ptr, tl.arange(0, RP), C, RP, BLOCK_M, RP, BLOCK_C, PRECISION)
     _last_1x1(t.to(x_ptr.dtype.element_ty), offs_m, pid_m, M, S, a_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr,
-              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, s_lo,
-              tl.minimum(s_lo + s_share, S), 0)
+              out_ptr, out_ptr, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, RP, BLOCK_M, BLOCK_S, 1, PRECISION, s_lo, s_hi, 0)

@@ -7,8 +7,8 @@ chunks, rounds it to the input dtype (as the eager chain does) and runs the seco
 epilogue ``act(t @ A * scale + shift + residual)`` tile by tile over ``S``: the rank-R intermediate
 never leaves registers. Where row blocks are too few to fill the GPU (batch 1, 7x7 and 14x14 maps)
 ``SPLIT_S`` programs share a row block, each computing ``t`` again and writing its share of ``S``
-(ResNet-50's 512->2048 at 7x7, batch 1, is four row blocks on 132 SMs without it; the untuned
-heuristic splits too). Block sizes, ``SPLIT_S``, warps and stages are autotuned per shape on the GPU
+(ResNet-50's 512->2048 at 7x7, batch 1, is four row blocks on 132 SMs without it). The autotuner
+may split up to 28x28 maps at batch 1; the untuned heuristic splits the 7x7 and 14x14 ones. Block sizes, ``SPLIT_S``, warps and stages are autotuned per shape on the GPU
 (:mod:`batude.kernels._configs`); no split-K (``C`` is the only reduction and is short).
 """
 
@@ -93,7 +93,7 @@ def lowrank_chain(x: torch.Tensor, b: torch.Tensor, a: torch.Tensor, *, scale: t
             config = cfg.heuristic_lowrank(m, c, rp, s, False)
     launch = {"SPLIT_S": 1, **(config or cfg.heuristic_lowrank(m, c, rp, s, interpreting()))}
     warps, stages = launch.pop("num_warps", 4), launch.pop("num_stages", 2)
-    if not (isinstance(launch["SPLIT_S"], int) and launch["SPLIT_S"] >= 1):
+    if isinstance(launch["SPLIT_S"], bool) or not (isinstance(launch["SPLIT_S"], int) and launch["SPLIT_S"] >= 1):
         raise BatudeError(f"config SPLIT_S={launch['SPLIT_S']!r} must be a positive integer (programs sharing a row block)")
 
     def run(tile: dict, warps: int, stages: int) -> None:

@@ -82,9 +82,12 @@ def test_latency_vs_flops_writes_results_and_plot(tmp_path):
     assert (tmp_path / "latency_vs_flops.png").stat().st_size > 1000
 
 
-def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path):
+def test_latency_aware_compares_plans_with_the_oracle_in_one_run(tmp_path, monkeypatch):
     # the CIFAR ResNet-20: torchvision's ResNet-18 (the default) took 160 s here, most of it the budget
     # search's BC-ADL first Z-steps on its large unfoldings; the flow is the same
+    from batude.kernels import _configs
+
+    monkeypatch.setattr(_configs, "_BUILT", {})  # autotuners that earlier GPU tests of this process filled
     bench = _script("latency_aware")
     model = ["--model", "batude:resnet20"]
     assert bench.main([*model, "--device", "cpu", "--dtype", "fp32", "--batches", "2", "--input", "3,32,32", "--backends",

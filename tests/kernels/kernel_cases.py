@@ -2,9 +2,9 @@
 
 Where the kernels run:
 * ``interp`` tests need this process to run Triton's interpreter (``TRITON_INTERPRET=1`` set before
-  triton was imported). ``test_interpreter_suite.py`` runs them (and only them: the others already ran
-  in the main process) in such a subprocess on every CPU CI run; run them directly with
-  ``TRITON_INTERPRET=1 pytest -m interp tests/kernels``.
+  triton was imported). ``test_interpreter_suite.py`` runs them (and only them, with the ``interp_too``
+  tests that run in both processes: the others already ran in the main process) in such a subprocess on
+  every CPU CI run; run them directly with ``TRITON_INTERPRET=1 pytest -m interp tests/kernels``.
 * ``gpu`` tests need CUDA (and no interpreter).
 
 Tolerances (``max |out - ref| / max |ref|``, the reference being :mod:`batude.kernels.reference`,
@@ -34,6 +34,11 @@ _needs_gpu = pytest.mark.skipif(INTERPRETED or not HAS_TRITON or not torch.cuda.
 def interp(fn):
     """Mark a test ``interp`` and skip it unless this process runs Triton's interpreter."""
     return pytest.mark.interp(_needs_interpreter(fn))
+
+
+# Tests that run in both processes: on the PyTorch references here (the CPU ops' fallback), on the kernels
+# themselves in the interpreter subprocess (which selects the ``interp`` marker).
+interp_too = pytest.mark.interp
 
 
 def gpu(fn):

@@ -104,6 +104,8 @@ def test_autotuned_wrappers_build_without_a_gpu():
     for kind in ("tucker2", "lowrank", "pointwise"):
         tuned = _configs.autotuned(kind)
         assert len(tuned.configs) >= 4 and tuned.keys
+        # what tuned_configs reads: the cache, keyed on the key arguments in this order (then the tensors' dtypes)
+        assert isinstance(tuned.cache, dict) and list(tuned.keys) == _configs.candidates(kind)[1]
 
 
 def test_a_launch_that_does_not_fit_is_retried_smaller_and_remembered():

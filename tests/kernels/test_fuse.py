@@ -8,7 +8,7 @@ import torch
 from batude.errors import BatudeError
 from batude.models import CifarResNet
 from batude.rank import apply_plan_, select_ranks
-from kernel_cases import gpu, interp, nhwc, rel_err
+from kernel_cases import gpu, interp, interp_too, nhwc, rel_err
 
 
 def _random_bn_(model):
@@ -38,8 +38,10 @@ def _structure(model):
     return len(blocks), kinds
 
 
+@interp_too
 def test_fused_model_structure_and_reference_path():
-    """Without the interpreter the CPU ops run the PyTorch reference: the rewrite itself is checked here."""
+    """The rewrite itself, and its output: through the PyTorch references in the main process, through the kernels
+    in the interpreter subprocess."""
     from batude.kernels import fuse_resnet_
 
     model = _tiny_resnet()
@@ -100,6 +102,7 @@ def test_gpu_fused_resnet18_at_2_52x_matches_eager(batch):
     assert rel_err(out, ref) <= 3e-2  # fp16 through 20 layers vs an fp32 reference
 
 
+@interp_too
 def test_fused_model_traces_whole_under_torch_compile():
     """The custom ops' fake implementations let dynamo capture the fused model in one graph."""
     from batude.kernels import fuse_resnet_

@@ -70,8 +70,9 @@ def test_interpreter_epilogue_parts(part):
 @interp
 @pytest.mark.parametrize("split_s", [2, 3, 4])
 def test_interpreter_split_output_channels(split_s):
-    """SPLIT_S programs share each row block's S = 40 output channels (3 tiles of 16): 2 split them 2 + 1, 3 one
-    each, 4 leave the last program none; between them the shares must write every channel, epilogue included."""
+    """SPLIT_S programs share each row block's S = 40 output channels (3 tiles of 16): 2 split them 1 + 2, 3 one
+    each, 4 (more than the tiles, which pruning never keeps) leave one program none; between them the shares
+    must write every channel, epilogue included."""
     p = pack_lowrank(*lowrank_factors(24, 40, 11))
     x = nhwc(torch.randn(2, 24, 5, 5))
     res = nhwc(torch.randn(2, 40, 4, 4))

@@ -47,3 +47,10 @@ def test_an_earlier_sweep_is_summarised_again_with_occupancy(tmp_path):
     assert all(r["occupancy"]["warps_per_sm"] >= r["num_warps"] for r in report["records"])
     fp16 = next(r for r in report["summary"] if (r["kernel"], r["dtype"]) == ("tucker2", "fp16"))
     assert fp16["min_warps_per_sm"] <= fp16["median_warps_per_sm"] and sum(fp16["limiters"].values()) == 394
+    # the kernels that split a tile's work over programs get rows of their own, subsets of their kernel's row
+    splits = {r["kernel"]: r for r in report["summary"] if r["dtype"] == "fp16" and "> 1)" in r["kernel"]}
+    assert set(splits) == {"tucker2 (SPLIT_K > 1)", "tucker2 (SPLIT_N > 1)"}  # before the low-rank kernel's SPLIT_S
+    assert all(0 < r["compiled"] < fp16["compiled"] for r in splits.values())
+    expect = sum(r["config"].get("SPLIT_N", 1) > 1 for r in report["records"]
+                 if r["kind"] == "tucker2" and r["origin"]["dtype"] == "fp16")
+    assert splits["tucker2 (SPLIT_N > 1)"]["compiled"] == expect

@@ -10,7 +10,7 @@ from batude.errors import BatudeError
 from batude.kernels.pack import pack_tucker2
 from batude.kernels.reference import tucker2_conv_reference
 from kernel_cases import (GPU_TOL, RESNET18_3X3, RESNET20_3X3, RESNET50_3X3, TOL, bn_vectors, fixed_gpu_config, gpu,
-                          interp, nhwc, ranks_at, rel_err, tucker_factors)
+                          interp, interp_too, nhwc, ranks_at, rel_err, tucker_factors)
 
 INTERP_CFG_SPLIT3 = dict(BLOCK_M=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, SPLIT_K=3, num_warps=4, num_stages=1)
 
@@ -47,6 +47,7 @@ def test_reference_with_folded_bn_equals_the_eager_chain(stride, padding, dilati
         assert rel_err(ref, eager) < 1e-5
 
 
+@interp_too
 def test_custom_ops_pass_opcheck():
     """Schema, fake (meta) implementations and dispatch are consistent (``torch.library.opcheck``)."""
     from batude.kernels import register_ops
