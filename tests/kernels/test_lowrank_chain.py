@@ -127,6 +127,23 @@ def test_gpu_resnet_1x1_shapes(c, s, h, stride, aligned, dtype):
 
 
 @gpu
+@pytest.mark.parametrize("split_s", [4, 8])
+@pytest.mark.parametrize("c,s,h,stride", [(1024, 2048, 14, 2), (2048, 512, 7, 1), (512, 2048, 7, 1), (256, 1024, 14, 1)],
+                         ids=["1024to2048-14-s2", "2048to512-7", "512to2048-7", "256to1024-14"])
+def test_gpu_split_output_channels_on_resnet50_batch1_shapes(c, s, h, stride, split_s):
+    """The late-stage 1x1s at batch 1, where SPLIT_S spreads 4-13 row blocks over more programs."""
+    r = min(ranks_at(c, s, 0.5, True))
+    p = pack_lowrank(*lowrank_factors(c, s, r), dtype=torch.float16)
+    p = type(p)(*(t.cuda() if torch.is_tensor(t) else t for t in vars(p).values()))
+    x = nhwc(torch.randn(1, c, h, h, device="cuda", dtype=torch.float16))
+    res = nhwc(torch.randn(1, s, h // stride, h // stride, device="cuda", dtype=torch.float16))
+    warps = 8 if 16 * p.a.shape[0] >= 8192 else 4
+    cfg = dict(BLOCK_M=16, BLOCK_C=64, BLOCK_S=64, SPLIT_S=split_s, num_warps=warps, num_stages=2)
+    out, ref = _run(x, p, stride=stride, residual=res, relu=True, config=cfg)
+    assert rel_err(out, ref) <= GPU_TOL[torch.float16]
+
+
+@gpu
 @pytest.mark.parametrize("batch", [1, 16])
 def test_gpu_autotuned(batch):
     p = pack_lowrank(*lowrank_factors(256, 512, 128), dtype=torch.float16)
