@@ -5,11 +5,12 @@
 ``BLOCK_M`` rows, accumulates ``t = x @ B`` (``[BLOCK_M, Rp]``, fp32) over ``C`` in ``BLOCK_C``
 chunks, rounds it to the input dtype (as the eager chain does) and runs the second GEMM and the
 epilogue ``act(t @ A * scale + shift + residual)`` tile by tile over ``S``: the rank-R intermediate
-never leaves registers. Where row blocks are too few to fill the GPU (batch 1, 7x7 and 14x14 maps)
+never leaves registers. Where row blocks are too few to fill the GPU (batch 1, late stages)
 ``SPLIT_S`` programs share a row block, each computing ``t`` again and writing its share of ``S``
-(ResNet-50's 512->2048 at 7x7, batch 1, is four row blocks on 132 SMs without it). The autotuner
-may split up to 28x28 maps at batch 1; the untuned heuristic splits the 7x7 and 14x14 ones. Block sizes, ``SPLIT_S``, warps and stages are autotuned per shape on the GPU
-(:mod:`batude.kernels._configs`); no split-K (``C`` is the only reduction and is short).
+(ResNet-50's 512->2048 at 7x7, batch 1, is four row blocks on 132 SMs without it): the autotuner
+may split maps up to 28x28 at batch 1, the untuned heuristic the 7x7 and 14x14 ones. Block sizes,
+``SPLIT_S``, warps and stages are autotuned per shape on the GPU (:mod:`batude.kernels._configs`);
+no split-K (``C`` is the only reduction and is short).
 """
 
 from __future__ import annotations
