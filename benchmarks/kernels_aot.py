@@ -31,6 +31,7 @@ from batude.nn.tucker_conv import ensure_kernels_importable
 
 ensure_kernels_importable()  # a checkout on PYTHONPATH (not pip-installed) has no batude.kernels otherwise
 
+from batude.kernels._configs import SPLITS  # noqa: E402
 from batude.kernels.aot import SHARED_LIMIT, Layer, compile_spec, layer_specs, occupancy, spec_key  # noqa: E402
 
 # (C_in, C_out, H=W, stride) at the conv's input resolution, as in tests/kernels/kernel_cases.py
@@ -144,16 +145,12 @@ def main(argv=None) -> int:
     return 0 if all(r["ok"] for r in records) else 1
 
 
-SPLITS = ("SPLIT_K", "SPLIT_N", "SPLIT_S")  # meta-parameters that spread one tile's work over programs
-
-
 def _summary(records: list[dict], arch: int) -> list[dict]:
     """One row per kernel and dtype, then one per kernel, dtype and split meta-parameter for the kernels that
     use it (e.g. ``lowrank (SPLIT_S > 1)``: a subset of the ``lowrank`` row)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["kind"], r["origin"]["dtype"])].append(r)
-    for r in records:
         for split in SPLITS:
             if (r.get("config") or {}).get(split, 1) > 1:
                 groups[(f"{r['kind']} ({split} > 1)", r["origin"]["dtype"])].append(r)

@@ -381,20 +381,15 @@ def main(argv=None) -> int:
     batches = []
     for b in args.batches.split(","):  # the report is rewritten after each batch: a run cut short keeps what it measured
         batches.append(_measure_batch(args, copy.deepcopy(dense), shape, int(b), dtype, ceilings))
+        kernel_configs = sys.modules.get("batude.kernels._configs")  # once a kernel ran: what its autotuners chose
         report = {"env": environment(), "args": {**vars(args), "ceilings": args.ceilings and args.ceilings.to_dict()},
-                  "ceilings": ceilings.to_dict(), "batches": batches, "autotuned": _autotuned()}
+                  "ceilings": ceilings.to_dict(), "batches": batches,
+                  "autotuned": kernel_configs.tuned_configs() if kernel_configs else {}}
         (out / "latency_aware.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table(batches))
-    tuned = sys.modules.get("batude.kernels._configs")
-    for line in tuned.tuned_summary(report["autotuned"]) if tuned else []:
+    for line in kernel_configs.tuned_summary(report["autotuned"]) if kernel_configs else []:
         print(line)
     return 0
-
-
-def _autotuned() -> dict:
-    """What the kernels' autotuners chose so far in this run, per kernel and shape (empty where no kernel ran)."""
-    configs = sys.modules.get("batude.kernels._configs")
-    return configs.tuned_configs() if configs else {}
 
 
 if __name__ == "__main__":

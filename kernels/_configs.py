@@ -16,7 +16,7 @@ import logging
 
 import torch
 
-__all__ = ["SPLIT_K_MAX_ROWS", "MIN_SPLIT_N_WIDTH", "parts", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise",
+__all__ = ["SPLIT_K_MAX_ROWS", "MIN_SPLIT_N_WIDTH", "SPLITS", "parts", "heuristic_tucker2", "heuristic_lowrank", "heuristic_pointwise",
            "heuristic_halo", "autotuned", "tuned_configs", "tuned_summary", "candidates", "KERNELS", "workspace", "scratch", "num_sms", "next_pow2", "launch_fitting", "out_of_resources",
            "halo_block_m", "halo_rows", "halo_grid", "halo_slot"]
 
@@ -49,6 +49,7 @@ _TUCKER2 = [
     (128, 32, 64, 1, 1, 4, 4), (128, 64, 64, 1, 1, 8, 3), (256, 32, 64, 1, 1, 8, 3),
 ]
 MIN_SPLIT_N_WIDTH = 32  # core output channels per program when they are split (SPLIT_N > 1)
+SPLITS = ("SPLIT_K", "SPLIT_N", "SPLIT_S")  # the meta-parameters that spread one tile's work over programs
 _LARGE_ACC = 8192  # BLOCK_M * R1p from which a program needs 8 warps; 8-warp tiles of BLOCK_M < 64 only from half that
 # (BLOCK_M, BLOCK_C, BLOCK_S, SPLIT_S, num_warps, num_stages)
 _LOWRANK = [(16, 64, 64, 1, 4, 2), (32, 64, 64, 1, 4, 3), (64, 64, 64, 1, 4, 3), (64, 32, 128, 1, 8, 3), (128, 32, 64, 1, 8, 3),
@@ -440,7 +441,7 @@ def tuned_summary(tuned: dict[str, list[dict]]) -> list[str]:
     lines = []
     for kind, rows in tuned.items():
         parts = [f"{len(rows)} shape(s)"]
-        for name in ("SPLIT_K", "SPLIT_N", "SPLIT_S"):
+        for name in SPLITS:
             won = sum(r["config"].get(name, 1) > 1 for r in rows)
             if any(name in r["config"] for r in rows):
                 parts.append(f"{name} > 1 won {won}")

@@ -101,6 +101,11 @@ def bn_vectors(s: int, *, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(s, generator=g) + 0.5, torch.randn(s, generator=g) * 0.2
 
 
+def on_cuda(packed):
+    """A packed layer (:func:`batude.kernels.pack_tucker2` / ``pack_lowrank``) with its tensors moved to the GPU."""
+    return type(packed)(*(t.cuda() if torch.is_tensor(t) else t for t in vars(packed).values()))
+
+
 def fixed_gpu_config(rp: int, split_k: int = 1) -> dict:
     """One launch config per padded rank, so the GPU sweep compiles few kernel variants."""
     return dict(BLOCK_M=32 if rp <= 256 else 16, BLOCK_K=32, BLOCK_C=32, BLOCK_S=64, SPLIT_K=split_k,

@@ -13,7 +13,7 @@ from batude.errors import BatudeError
 from batude.kernels.pack import pack_lowrank
 from batude.kernels.reference import lowrank_chain_reference
 from kernel_cases import (GPU_TOL, RESNET18_1X1, RESNET20_1X1, RESNET50_1X1, TOL, bn_vectors, gpu, interp, lowrank_factors,
-                          nhwc, ranks_at, rel_err)
+                          nhwc, on_cuda, ranks_at, rel_err)
 
 
 def _run(x, p, *, stride=1, padding=0, residual=None, relu=False, config=None, scale=None, shift="pack"):
@@ -116,8 +116,7 @@ def _gpu_cases():
 @pytest.mark.parametrize("c,s,h,stride,aligned,dtype", list(_gpu_cases()))
 def test_gpu_resnet_1x1_shapes(c, s, h, stride, aligned, dtype):
     r = min(ranks_at(c, s, 0.5, aligned))
-    p = pack_lowrank(*lowrank_factors(c, s, r), dtype=dtype)
-    p = type(p)(*(t.cuda() if torch.is_tensor(t) else t for t in vars(p).values()))
+    p = on_cuda(pack_lowrank(*lowrank_factors(c, s, r), dtype=dtype))
     x = nhwc(torch.randn(2, c, h, h, device="cuda", dtype=dtype))
     res = nhwc(torch.randn(2, s, h // stride, h // stride, device="cuda", dtype=dtype))
     rp = p.a.shape[0]
@@ -133,8 +132,7 @@ def test_gpu_resnet_1x1_shapes(c, s, h, stride, aligned, dtype):
 def test_gpu_split_output_channels_on_resnet50_batch1_shapes(c, s, h, stride, split_s):
     """The late-stage 1x1s at batch 1, where SPLIT_S spreads 4-13 row blocks over more programs."""
     r = min(ranks_at(c, s, 0.5, True))
-    p = pack_lowrank(*lowrank_factors(c, s, r), dtype=torch.float16)
-    p = type(p)(*(t.cuda() if torch.is_tensor(t) else t for t in vars(p).values()))
+    p = on_cuda(pack_lowrank(*lowrank_factors(c, s, r), dtype=torch.float16))
     x = nhwc(torch.randn(1, c, h, h, device="cuda", dtype=torch.float16))
     res = nhwc(torch.randn(1, s, h // stride, h // stride, device="cuda", dtype=torch.float16))
     warps = 8 if 16 * p.a.shape[0] >= 8192 else 4
@@ -146,8 +144,7 @@ def test_gpu_split_output_channels_on_resnet50_batch1_shapes(c, s, h, stride, sp
 @gpu
 @pytest.mark.parametrize("batch", [1, 16])
 def test_gpu_autotuned(batch):
-    p = pack_lowrank(*lowrank_factors(256, 512, 128), dtype=torch.float16)
-    p = type(p)(*(t.cuda() if torch.is_tensor(t) else t for t in vars(p).values()))
+    p = on_cuda(pack_lowrank(*lowrank_factors(256, 512, 128), dtype=torch.float16))
     x = nhwc(torch.randn(batch, 256, 14, 14, device="cuda", dtype=torch.float16))
     out, ref = _run(x, p, stride=2)
     assert rel_err(out, ref) <= GPU_TOL[torch.float16]

@@ -10,7 +10,7 @@ from batude.errors import BatudeError
 from batude.kernels.pack import pack_tucker2
 from batude.kernels.reference import tucker2_conv_reference
 from kernel_cases import (GPU_TOL, RESNET18_3X3, RESNET20_3X3, RESNET50_3X3, TOL, bn_vectors, fixed_gpu_config, gpu,
-                          interp, interp_too, nhwc, ranks_at, rel_err, tucker_factors)
+                          interp, interp_too, nhwc, on_cuda, ranks_at, rel_err, tucker_factors)
 
 INTERP_CFG_SPLIT3 = dict(BLOCK_M=16, BLOCK_K=16, BLOCK_C=16, BLOCK_S=16, SPLIT_K=3, num_warps=4, num_stages=1)
 
@@ -228,8 +228,7 @@ def test_interpreter_custom_op_dispatches_to_the_kernel_and_compiles(monkeypatch
 # ---- GPU: the real layer shapes -------------------------------------------------------------------------------
 
 def _cuda_pack(c, s, r1, r2, dtype=torch.float16, **bn):
-    p = pack_tucker2(*tucker_factors(c, s, r1, r2, 3), dtype=dtype, **bn)
-    return type(p)(*(t.cuda() if torch.is_tensor(t) else t for t in vars(p).values()))
+    return on_cuda(pack_tucker2(*tucker_factors(c, s, r1, r2, 3), dtype=dtype, **bn))
 
 
 def _gpu_cases():
